@@ -1,0 +1,1 @@
+"""meter: a usage-metering and billing gateway for the Anthropic Messages API."""

@@ -1,0 +1,1 @@
+"""The operator API under /admin: one module per resource, all behind the admin token."""

@@ -1,0 +1,193 @@
+"""create_app(settings) -> Litestar: builds the parts, wires the routes and their lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from litestar import Litestar, MediaType, Request, Response, Router, asgi, get, head
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers import ASGIRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.types import Receive, Scope, Send
+from prometheus_client import CollectorRegistry, make_asgi_app
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from meter.admin.auth import admin_guard
+from meter.admin.keys import KeyController
+from meter.admin.tenants import TenantController
+from meter.admin.usage import UsageController
+from meter.credentials import new_id
+from meter.db import migrate
+from meter.db.engine import create_engine
+from meter.db.queries import load_prices
+from meter.errors import InternalError, InvalidRequest, MeterError, MethodNotAllowed, NotFound, RequestTooLarge
+from meter.ledger import LedgerWriter
+from meter.metrics import Metrics
+from meter.pricing import PriceTable
+from meter.proxy.auth import KeyCache
+from meter.proxy.forward import Upstream
+from meter.proxy.gateway import Gateway
+from meter.proxy.recorder import Recorder
+from meter.proxy.routes import proxy_routes
+from meter.settings import Settings
+
+log = logging.getLogger("meter")
+PRICE_REFRESH_S = 10.0
+
+
+@dataclass
+class Parts:
+    """Everything a running meter holds; built once per app."""
+
+    settings: Settings
+    engine: AsyncEngine
+    metrics: Metrics
+    prices: PriceTable
+    keys: KeyCache
+    upstream: Upstream
+    ledger: LedgerWriter
+    gateway: Gateway
+
+
+def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -> Parts:
+    if not settings.database_url:
+        raise ValueError("create_app needs settings.database_url (the CLI starts embedded Postgres)")
+    engine = create_engine(settings.database_url)
+    metrics = Metrics(registry or CollectorRegistry())
+    metrics.build.info({"version": "0.1.0"})
+    prices = PriceTable()
+    keys = KeyCache(engine, settings.key_cache_ttl_s)
+    upstream = Upstream(
+        settings.upstream_url,
+        settings.upstream_api_key,
+        settings.upstream_max_connections,
+        settings.upstream_connect_timeout_s,
+        settings.upstream_read_timeout_s,
+    )
+    ledger = LedgerWriter(
+        engine, metrics, settings.ledger_batch_rows, settings.ledger_flush_interval_s, settings.ledger_max_pending
+    )
+    gateway = Gateway(
+        keys,
+        upstream,
+        Recorder(ledger, prices, metrics),
+        metrics,
+        settings.max_body_bytes,
+        settings.disconnect_drain_s,
+    )
+    return Parts(settings, engine, metrics, prices, keys, upstream, ledger, gateway)
+
+
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> Litestar:
+    parts = build_parts(settings, registry)
+    expected_heads = migrate.current_heads(settings.database_url or "")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await _reload_prices(parts)
+        parts.ledger.start()
+        refresher = asyncio.create_task(_refresh_prices(parts))
+        try:
+            yield
+        finally:
+            refresher.cancel()
+            await parts.ledger.close(settings.shutdown_grace_s)
+            await parts.upstream.aclose()
+            await parts.engine.dispose()
+
+    @get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/readyz", include_in_schema=False)
+    async def readyz() -> Response[dict[str, str]]:
+        try:
+            async with parts.engine.connect() as conn:
+                heads = set((await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars())
+        except Exception as exc:  # any failure means not ready; say which
+            return Response({"status": "database unreachable", "error": exc.__class__.__name__}, status_code=503)
+        if heads != expected_heads:
+            return Response({"status": "migrations not at head"}, status_code=503)
+        return Response({"status": "ready"})
+
+    @head("/", include_in_schema=False)
+    async def probe() -> None:
+        """Claude Code's connectivity probe."""
+
+    admin = Router(
+        path="/admin",
+        route_handlers=[TenantController, KeyController, UsageController],
+        guards=[admin_guard(settings.admin_token or "")],  # type: ignore[list-item]
+        dependencies={
+            "db": Provide(lambda: parts.engine, sync_to_thread=False),
+            "keys": Provide(lambda: parts.keys, sync_to_thread=False),
+        },
+    )
+    app = Litestar(
+        route_handlers=[*proxy_routes(parts.gateway), admin, healthz, readyz, probe, _metrics_route(parts.metrics.registry)],
+        lifespan=[lifespan],
+        exception_handlers={Exception: _render_error},
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="meter", version="0.1.0", path="/schema"),
+    )
+    app.state.parts = parts
+    return app
+
+
+def _metrics_route(registry: CollectorRegistry) -> ASGIRouteHandler:
+    exposition = make_asgi_app(registry)
+
+    # Annotated wrapper: Litestar inspects handler signatures, and prometheus' app has none.
+    async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
+        await exposition(scope, receive, send)
+
+    return asgi("/metrics", copy_scope=True, include_in_schema=False)(metrics)
+
+
+def _render_error(request: Request, exc: Exception) -> Response[bytes]:  # type: ignore[type-arg]
+    """Every error outside the proxy path (admin, unknown paths) in Anthropic's error format."""
+    error = _as_meter_error(exc)
+    request_id = new_id("req")
+    headers = {k.decode(): v.decode() for k, v in error.response_headers(request_id)}
+    return Response(error.body(request_id), status_code=error.status, headers=headers, media_type=MediaType.JSON)
+
+
+def _as_meter_error(exc: Exception) -> MeterError:
+    if isinstance(exc, MeterError):
+        return exc
+    if isinstance(exc, ValidationException):
+        detail = "; ".join(
+            f"{e.get('key', 'body')}: {e.get('message')}" for e in (exc.extra or []) if isinstance(e, dict)
+        )
+        return InvalidRequest(detail or exc.detail)
+    if isinstance(exc, HTTPException):
+        if exc.status_code == 404:
+            return NotFound("Not found: no such endpoint.")
+        if exc.status_code == 405:
+            return MethodNotAllowed(exc.detail)
+        if exc.status_code == 413:
+            return RequestTooLarge(exc.detail)
+        if exc.status_code < 500:
+            return InvalidRequest(exc.detail)
+    log.error("unexpected error", exc_info=exc)
+    return InternalError("Internal error in meter.")
+
+
+async def _reload_prices(parts: Parts) -> None:
+    async with parts.engine.connect() as conn:
+        parts.prices.replace(await load_prices(conn))
+
+
+async def _refresh_prices(parts: Parts) -> None:
+    while True:
+        await asyncio.sleep(PRICE_REFRESH_S)
+        try:
+            await _reload_prices(parts)
+        except Exception:  # keep the last good table; the next refresh retries
+            log.warning("price table refresh failed", exc_info=True)

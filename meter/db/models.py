@@ -1,0 +1,106 @@
+"""The schema. Alembic migrations are written from these tables; `alembic check` keeps them equal."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    SmallInteger,
+    Table,
+    Text,
+    func,
+)
+
+# Deterministic constraint names, so migrations and `alembic check` agree on every database.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# Money: USD with 12 decimal places. Prices per million tokens have 6, so a cost (tokens x price / 1e6)
+# has at most 12: every cost is stored exactly, never rounded.
+Money = Numeric(24, 12)
+Price = Numeric(12, 6)
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="active"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("status IN ('active', 'suspended')", name="status"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("name", Text),
+    Column("prefix", Text, nullable=False),
+    Column("key_hash", Text, nullable=False, unique=True),
+    Column("status", Text, nullable=False, server_default="active"),
+    Column("allowed_models", ARRAY(Text)),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True)),
+    CheckConstraint("status IN ('active', 'revoked')", name="status"),
+)
+
+prices = Table(
+    "prices",
+    metadata,
+    Column("model", Text, primary_key=True),
+    Column("effective_from", DateTime(timezone=True), primary_key=True),
+    Column("input_per_mtok", Price, nullable=False),
+    Column("output_per_mtok", Price, nullable=False),
+    Column("cache_write_5m_per_mtok", Price, nullable=False),
+    Column("cache_write_1h_per_mtok", Price, nullable=False),
+    Column("cache_read_per_mtok", Price, nullable=False),
+)
+
+# The ledger: one row per tenant request that reached authentication, whatever its outcome.
+usage_events = Table(
+    "usage_events",
+    metadata,
+    # The x-meter-request-id; time-ordered, so it doubles as the pagination cursor.
+    Column("request_id", Text, primary_key=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("key_id", Text, nullable=False),
+    Column("model", Text),
+    Column("endpoint", Text, nullable=False),
+    Column("stream", Boolean, nullable=False),
+    Column("status", SmallInteger, nullable=False),
+    Column("error_type", Text),
+    Column("input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("output_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cache_creation_input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cache_creation_5m_input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cache_creation_1h_input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cache_read_input_tokens", BigInteger, nullable=False, server_default="0"),
+    # NULL when the model has no price: never a silent $0.
+    Column("cost_usd", Money),
+    Column("partial", Boolean, nullable=False, server_default="false"),
+    Column("stop_reason", Text),
+    Column("upstream_request_id", Text),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False),
+    Column("duration_ms", Integer, nullable=False),
+    Column("ttfb_ms", Integer),
+    Index("ix_usage_events_tenant_started", "tenant_id", "started_at"),
+)

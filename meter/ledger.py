@@ -1,0 +1,148 @@
+"""The ledger writer: usage rows are queued in memory and written to Postgres in batches by one
+background task, off the response path.
+
+Nothing recorded is lost: a failed batch stays at the head of the queue and is retried with
+backoff (a Postgres restart just delays it); rows are idempotent on request_id, so a batch that
+committed but whose acknowledgement was lost is harmless to retry. The queue is bounded by
+admission, not by dropping: past `max_pending` rows the proxy refuses new requests (529), while
+rows of requests already admitted are always accepted. Only a row Postgres itself rejects as
+invalid is dropped, and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from meter.db.queries import insert_usage_events
+from meter.metrics import Metrics
+
+log = logging.getLogger("meter.ledger")
+
+MAX_BACKOFF_S = 2.0
+# A batch that keeps failing while Postgres answers is split to find the row it rejects.
+FAILURES_BEFORE_SPLIT = 3
+
+
+class LedgerWriter:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        metrics: Metrics,
+        batch_rows: int = 500,
+        flush_interval_s: float = 0.05,
+        max_pending: int = 100_000,
+    ) -> None:
+        self._engine = engine
+        self._metrics = metrics
+        self._batch_rows = batch_rows
+        self._flush_interval_s = flush_interval_s
+        self._max_pending = max_pending
+        self._pending: deque[dict[str, Any]] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def accepting(self) -> bool:
+        """False while the backlog is full: new requests are refused until it drains."""
+        return len(self._pending) < self._max_pending
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Queue one row. Never blocks and never fails."""
+        self._pending.append(row)
+        self._metrics.ledger_pending.set(len(self._pending))
+        if len(self._pending) >= self._batch_rows:
+            self._wakeup.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Write everything queued; give up (and say how much) only after `timeout_s`."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(self._task, timeout_s)
+        except TimeoutError:
+            log.error("ledger: %d rows could not be written before shutdown", len(self._pending))
+
+    async def flush(self) -> None:
+        """Wait until every row queued so far is written (tests and shutdown)."""
+        while self._pending:
+            self._wakeup.set()
+            await asyncio.sleep(0.01)
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self._flush_interval_s)
+                continue
+            batch = [self._pending[i] for i in range(min(self._batch_rows, len(self._pending)))]
+            try:
+                await self._write(batch)
+            except (DBAPIError, OSError) as exc:
+                failures += 1
+                self._metrics.ledger_write_errors.inc()
+                log.warning("ledger: write of %d rows failed (%s); retrying", len(batch), exc.__class__.__name__)
+                if failures >= FAILURES_BEFORE_SPLIT and await self._database_answers():
+                    await self._write_one_by_one(batch)
+                    failures = 0
+                else:
+                    await asyncio.sleep(min(MAX_BACKOFF_S, 0.05 * 2**failures))
+                continue
+            failures = 0
+            self._discard(len(batch))
+            if len(self._pending) < self._batch_rows and not self._closing:
+                # Let a batch build up instead of writing rows one at a time under load.
+                await asyncio.sleep(self._flush_interval_s)
+
+    async def _write(self, batch: list[dict[str, Any]]) -> None:
+        started = time.perf_counter()
+        async with self._engine.begin() as conn:
+            await insert_usage_events(conn, batch)
+        self._metrics.ledger_write_seconds.observe(time.perf_counter() - started)
+        self._metrics.ledger_written.inc(len(batch))
+
+    def _discard(self, count: int) -> None:
+        for _ in range(count):
+            self._pending.popleft()
+        self._metrics.ledger_pending.set(len(self._pending))
+
+    async def _database_answers(self) -> bool:
+        try:
+            async with self._engine.connect() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+        except (DBAPIError, OSError):
+            return False
+        return True
+
+    async def _write_one_by_one(self, batch: list[dict[str, Any]]) -> None:
+        """Postgres is up but refuses the batch: write row by row and drop only what it rejects."""
+        for row in batch:
+            try:
+                await self._write([row])
+            except DBAPIError as exc:
+                if not await self._database_answers():
+                    return  # Postgres went away meanwhile: keep the rest queued
+                self._metrics.ledger_dropped.inc()
+                log.error("ledger: dropped row %s that Postgres rejected: %s", row.get("request_id"), exc)
+            self._discard(1)

@@ -1,0 +1,73 @@
+"""Every Prometheus metric meter exports, built on an injected registry (a fresh one per test).
+
+Label values stay bounded: tenants beyond `max_tenant_labels` and models outside the price table
+are reported as "other".
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+# LLM calls run from tens of milliseconds to many minutes.
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry, max_tenant_labels: int = 100) -> None:
+        self.registry = registry
+        self.max_tenant_labels = max_tenant_labels
+        self._tenant_labels: set[str] = set()
+        self.requests = Counter(
+            "meter_requests_total",
+            "Tenant requests by outcome",
+            ["tenant", "model", "endpoint", "status"],
+            registry=registry,
+        )
+        self.tokens = Counter("meter_tokens_total", "Tokens metered", ["tenant", "model", "kind"], registry=registry)
+        self.cost = Counter("meter_cost_usd_total", "Cost metered, USD", ["tenant", "model"], registry=registry)
+        self.unpriced = Counter(
+            "meter_unpriced_requests_total", "Requests whose model has no price", ["model"], registry=registry
+        )
+        self.duration = Histogram(
+            "meter_request_duration_seconds",
+            "Time from request to last byte",
+            ["endpoint", "stream"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "meter_time_to_first_token_seconds",
+            "Time from request to the first streamed byte",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "meter_upstream_errors_total", "Upstream failures by type", ["type"], registry=registry
+        )
+        self.in_flight = Gauge("meter_in_flight_requests", "Requests being served", registry=registry)
+        self.ledger_pending = Gauge("meter_ledger_queue_depth", "Ledger rows waiting to be written", registry=registry)
+        self.ledger_written = Counter("meter_ledger_rows_written_total", "Ledger rows written", registry=registry)
+        self.ledger_dropped = Counter(
+            "meter_ledger_rows_dropped_total", "Ledger rows Postgres refused (must stay 0)", registry=registry
+        )
+        self.ledger_write_seconds = Histogram(
+            "meter_ledger_write_seconds",
+            "Latency of one batched ledger write",
+            buckets=WRITE_BUCKETS,
+            registry=registry,
+        )
+        self.ledger_write_errors = Counter(
+            "meter_ledger_write_errors_total", "Failed ledger batch writes (retried)", registry=registry
+        )
+        self.build = Info("meter_build", "meter version", registry=registry)
+
+    def tenant_label(self, tenant_id: str) -> str:
+        if tenant_id in self._tenant_labels:
+            return tenant_id
+        if len(self._tenant_labels) < self.max_tenant_labels:
+            self._tenant_labels.add(tenant_id)
+            return tenant_id
+        return "other"

@@ -1,0 +1,125 @@
+"""Stage 1 of the request path: who is calling. Tenant keys are looked up by hash and cached per
+process for `ttl_s`, so a revocation, suspension or expiry takes effect within that time on every
+process, at the cost of one small query per key per `ttl_s`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from meter.credentials import hash_key
+from meter.db.queries import key_by_hash
+from meter.errors import AuthenticationFailed, Overloaded, PermissionDenied
+
+MAX_CACHED_KEYS = 100_000
+STALE_IF_ERROR_S = 300.0
+
+
+@dataclass(frozen=True)
+class Caller:
+    key_id: str
+    tenant_id: str
+    allowed_models: frozenset[str] | None
+
+
+@dataclass(frozen=True)
+class _KeyRecord:
+    caller: Caller
+    active: bool
+    tenant_active: bool
+    expires_at: datetime | None
+
+
+def credential(headers: dict[bytes, bytes]) -> str | None:
+    """The tenant key from `x-api-key`, else from `Authorization: Bearer`."""
+    key = headers.get(b"x-api-key")
+    if key:
+        return key.decode("latin-1").strip()
+    auth = headers.get(b"authorization", b"")
+    if auth[:7].lower() == b"bearer ":
+        return auth[7:].decode("latin-1").strip() or None
+    return None
+
+
+class KeyCache:
+    def __init__(self, engine: AsyncEngine, ttl_s: float = 1.0) -> None:
+        self._engine = engine
+        self._ttl_s = ttl_s
+        self._entries: dict[str, tuple[float, _KeyRecord | None]] = {}
+        # Concurrent first requests with one key share one query.
+        self._loading: dict[str, asyncio.Future[_KeyRecord | None]] = {}
+
+    async def authenticate(self, headers: dict[bytes, bytes]) -> Caller:
+        secret = credential(headers)
+        if not secret:
+            raise AuthenticationFailed("x-api-key header is required")
+        record = await self._lookup(hash_key(secret))
+        if record is None or not record.active:
+            raise AuthenticationFailed("invalid x-api-key")
+        if record.expires_at is not None and record.expires_at <= datetime.now(UTC):
+            raise AuthenticationFailed("this API key has expired")
+        if not record.tenant_active:
+            raise PermissionDenied("This organization has been disabled.")
+        return record.caller
+
+    def forget(self, key_hash: str | None = None) -> None:
+        """Drop one cached key (or all), so the next request reads Postgres."""
+        if key_hash is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(key_hash, None)
+
+    async def _lookup(self, key_hash: str) -> _KeyRecord | None:
+        cached = self._entries.get(key_hash)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self._ttl_s:
+            return cached[1]
+        loading = self._loading.get(key_hash)
+        if loading is not None:
+            await asyncio.wait([loading])
+            if not loading.cancelled():
+                return loading.result()
+            # The query it waited for failed: run its own, which raises the error here too.
+        future: asyncio.Future[_KeyRecord | None] = asyncio.get_running_loop().create_future()
+        self._loading[key_hash] = future
+        try:
+            async with self._engine.connect() as conn:
+                record = _record(await key_by_hash(conn, key_hash))
+        except (DBAPIError, OSError) as exc:
+            future.cancel()
+            # Postgres briefly away: keep serving keys seen recently rather than refuse everyone.
+            if cached is not None and now - cached[0] < STALE_IF_ERROR_S:
+                return cached[1]
+            raise Overloaded("meter's database is unavailable; try again shortly.") from exc
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            self._loading.pop(key_hash, None)
+        future.set_result(record)
+        if len(self._entries) >= MAX_CACHED_KEYS:
+            self._entries.clear()
+        self._entries[key_hash] = (now, record)
+        return record
+
+
+def _record(row: dict[str, Any] | None) -> _KeyRecord | None:
+    if row is None:
+        return None
+    allowed = row["allowed_models"]
+    return _KeyRecord(
+        caller=Caller(
+            key_id=row["id"],
+            tenant_id=row["tenant_id"],
+            allowed_models=frozenset(allowed) if allowed else None,
+        ),
+        active=row["status"] == "active",
+        tenant_active=row["tenant_status"] == "active",
+        expires_at=row["expires_at"],
+    )

@@ -1,0 +1,159 @@
+"""The request path, stage by stage: authenticate -> read and check the request -> forward ->
+relay the answer while reading its usage -> record one ledger row.
+
+Written as a plain ASGI callable rather than a Litestar handler: the proxy must own the send
+loop to relay streams unbuffered, notice a client that leaves, and record usage on every exit.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+
+from meter.credentials import new_id
+from meter.errors import (
+    InternalError,
+    InvalidRequest,
+    MeterError,
+    MethodNotAllowed,
+    Overloaded,
+    PermissionDenied,
+    RequestTooLarge,
+    send_error,
+)
+from meter.metrics import Metrics
+from meter.proxy.auth import KeyCache
+from meter.proxy.forward import Upstream
+from meter.proxy.recorder import Exchange, Recorder
+from meter.proxy.relay import relay_stream, relay_whole
+
+log = logging.getLogger("meter.proxy")
+
+# Past this, a body is not even read to the end: the connection is closed after the 413.
+DISCARD_LIMIT = 512 * 1024 * 1024
+
+
+class _RequestFields(msgspec.Struct):
+    """The only fields meter reads from a request body; the rest is forwarded untouched."""
+
+    model: Any = None
+    stream: Any = None
+
+
+_decode_fields = msgspec.json.Decoder(_RequestFields).decode
+
+
+class Gateway:
+    def __init__(
+        self,
+        keys: KeyCache,
+        upstream: Upstream,
+        recorder: Recorder,
+        metrics: Metrics,
+        max_body_bytes: int,
+        drain_s: float,
+    ) -> None:
+        self.keys = keys
+        self.upstream = upstream
+        self.recorder = recorder
+        self._metrics = metrics
+        self._max_body_bytes = max_body_bytes
+        self._drain_s = drain_s
+
+    async def handle(self, scope: Any, receive: Any, send: Any, endpoint: str, method: str) -> None:
+        request_id = new_id("req")
+        if scope["method"] != method:
+            await send_error(send, MethodNotAllowed(f"Method {scope['method']} not allowed."), request_id)
+            return
+        try:
+            caller = await self.keys.authenticate(dict(scope["headers"]))
+        except MeterError as error:
+            self._metrics.requests.labels("unauthenticated", "other", endpoint, str(error.status)).inc()
+            await send_error(send, error, request_id)
+            return
+        exchange = Exchange(request_id, caller, endpoint)
+        started = False
+
+        async def tracked_send(message: Any) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        self._metrics.in_flight.inc()
+        try:
+            await self._serve(exchange, scope, receive, tracked_send)
+        except Exception as exc:
+            failure = exc if isinstance(exc, MeterError) else InternalError("Internal error in meter.")
+            if not isinstance(exc, MeterError):
+                log.exception("request %s failed", request_id)
+            exchange.status, exchange.error_type = failure.status, failure.error_type
+            if not started:
+                await send_error(send, failure, request_id)
+        finally:
+            self._metrics.in_flight.dec()
+            self.recorder.record(exchange)
+
+    async def _serve(self, exchange: Exchange, scope: Any, receive: Any, send: Any) -> None:
+        body = await self._read_body(scope, receive)
+        if body:
+            self._read_fields(exchange, body)
+        if not self.recorder.ledger.accepting:
+            raise Overloaded("meter cannot record usage right now; try again shortly.")
+        upstream = await self.upstream.send(
+            scope["method"],
+            scope.get("raw_path", scope["path"].encode()).decode("latin-1"),
+            scope["query_string"],
+            self.upstream.request_headers(scope["headers"]),
+            body,
+        )
+        exchange.status = upstream.status_code
+        exchange.upstream_request_id = upstream.headers.get("request-id")
+        is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+        if exchange.stream and upstream.status_code == 200 and is_sse:
+            await relay_stream(exchange, upstream, receive, send, self._drain_s)
+        else:
+            await relay_whole(exchange, upstream, send, metered=exchange.endpoint == "messages")
+
+    def _read_fields(self, exchange: Exchange, body: bytes) -> None:
+        try:
+            fields = _decode_fields(body)
+        except msgspec.ValidationError:
+            raise InvalidRequest("The request body must be a JSON object.") from None
+        except msgspec.DecodeError as exc:
+            raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+        if not isinstance(fields.model, str) or not fields.model:
+            raise InvalidRequest("model: Field required")
+        exchange.model = fields.model
+        exchange.stream = exchange.endpoint == "messages" and fields.stream is True
+        allowed = exchange.caller.allowed_models
+        if allowed is not None and fields.model not in allowed:
+            raise PermissionDenied(f"This API key is not allowed to use model {fields.model!r}.")
+
+    async def _read_body(self, scope: Any, receive: Any) -> bytes:
+        """The whole request body, or RequestTooLarge once it is past the limit. An oversized body
+        is still read (and discarded) so the client gets the 413 instead of a broken pipe."""
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > DISCARD_LIMIT:
+            raise self._too_large()
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidRequest("The client closed the connection before sending the whole body.")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size <= self._max_body_bytes:
+                chunks.append(chunk)
+            elif size > DISCARD_LIMIT:
+                raise self._too_large()
+            if not message.get("more_body", False):
+                break
+        if size > self._max_body_bytes:
+            raise self._too_large()
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _too_large(self) -> RequestTooLarge:
+        return RequestTooLarge(f"Request exceeds the maximum size of {self._max_body_bytes} bytes.")

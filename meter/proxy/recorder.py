@@ -1,0 +1,121 @@
+"""The last stage of the request path: what one request did becomes one ledger row and metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from meter.ledger import LedgerWriter
+from meter.metrics import Metrics
+from meter.pricing import PriceTable
+from meter.proxy.auth import Caller
+from meter.usage import Usage
+
+# Endpoints Anthropic does not bill: their rows cost exactly zero.
+FREE_ENDPOINTS = frozenset({"count_tokens", "models"})
+
+
+@dataclass
+class Exchange:
+    """One tenant request as it travels through meter; filled in stage by stage."""
+
+    request_id: str
+    caller: Caller
+    endpoint: str
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started: float = field(default_factory=time.perf_counter)
+    model: str | None = None
+    response_model: str | None = None
+    stream: bool = False
+    status: int = 0
+    error_type: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    partial: bool = False
+    stop_reason: str | None = None
+    upstream_request_id: str | None = None
+    ttfb_s: float | None = None
+
+    def first_byte(self) -> None:
+        if self.ttfb_s is None:
+            self.ttfb_s = time.perf_counter() - self.started
+
+
+class Recorder:
+    def __init__(self, ledger: LedgerWriter, prices: PriceTable, metrics: Metrics) -> None:
+        self.ledger = ledger
+        self.prices = prices
+        self._metrics = metrics
+
+    def record(self, exchange: Exchange) -> None:
+        duration = time.perf_counter() - exchange.started
+        cost = self._cost(exchange)
+        self.ledger.record(_row(exchange, duration, cost))
+        self._observe(exchange, duration, cost)
+
+    def _cost(self, exchange: Exchange) -> Decimal | None:
+        usage = exchange.usage
+        if exchange.endpoint in FREE_ENDPOINTS or usage.total_tokens == 0:
+            return Decimal(0)
+        # The model the tenant asked for; else the one the upstream answered with (an alias
+        # may resolve to a dated snapshot that has the price).
+        for model in (exchange.model, exchange.response_model):
+            cost = self.prices.cost(model, exchange.started_at, usage)
+            if cost is not None:
+                return cost
+        return None
+
+    def _observe(self, exchange: Exchange, duration: float, cost: Decimal | None) -> None:
+        m = self._metrics
+        tenant = m.tenant_label(exchange.caller.tenant_id)
+        model = exchange.model if self.prices.knows(exchange.model) else "other"
+        m.requests.labels(tenant, model, exchange.endpoint, str(exchange.status)).inc()
+        m.duration.labels(exchange.endpoint, "true" if exchange.stream else "false").observe(duration)
+        if exchange.stream and exchange.ttfb_s is not None:
+            m.ttft.labels(model).observe(exchange.ttfb_s)
+        usage = exchange.usage
+        five_minute, one_hour = usage.cache_write_split()
+        for kind, count in (
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_write_5m", five_minute),
+            ("cache_write_1h", one_hour),
+            ("cache_read", usage.cache_read_input_tokens),
+        ):
+            if count:
+                m.tokens.labels(tenant, model, kind).inc(count)
+        if cost is None:
+            m.unpriced.labels(model).inc()
+        elif cost:
+            m.cost.labels(tenant, model).inc(float(cost))
+
+
+def _row(exchange: Exchange, duration: float, cost: Decimal | None) -> dict[str, Any]:
+    usage = exchange.usage
+    five_minute, one_hour = usage.cache_write_split()
+    return {
+        "request_id": exchange.request_id,
+        "tenant_id": exchange.caller.tenant_id,
+        "key_id": exchange.caller.key_id,
+        "model": exchange.model,
+        "endpoint": exchange.endpoint,
+        "stream": exchange.stream,
+        "status": exchange.status,
+        "error_type": exchange.error_type,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+        "cache_creation_5m_input_tokens": five_minute,
+        "cache_creation_1h_input_tokens": one_hour,
+        "cache_read_input_tokens": usage.cache_read_input_tokens,
+        "cost_usd": cost,
+        "partial": exchange.partial,
+        "stop_reason": exchange.stop_reason,
+        "upstream_request_id": exchange.upstream_request_id,
+        "started_at": exchange.started_at,
+        "finished_at": exchange.started_at + timedelta(seconds=duration),
+        "duration_ms": round(duration * 1000),
+        "ttfb_ms": None if exchange.ttfb_s is None else round(exchange.ttfb_s * 1000),
+    }

@@ -1,0 +1,109 @@
+"""Stage 4 of the request path: the upstream's answer goes back to the client while a copy is read
+for usage.
+
+A JSON answer is relayed whole. A stream is relayed chunk by chunk as it arrives, untouched, and
+teed into the SSE usage reader. If the client leaves mid-stream, meter keeps reading the upstream
+for up to `drain_s` to learn the final usage; if the upstream breaks mid-stream, the client gets
+an `event: error` frame (the 200 is already sent) and the row is flagged partial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import msgspec
+
+from meter.proxy.forward import response_headers
+from meter.proxy.recorder import Exchange
+from meter.proxy.sse import StreamUsageReader
+
+_decode = msgspec.json.decode
+UPSTREAM_LOST_FRAME = (
+    b'event: error\ndata: {"type":"error","error":{"type":"api_error",'
+    b'"message":"The upstream connection was lost mid-stream."}}\n\n'
+)
+
+
+def _start(exchange: Exchange, upstream: httpx.Response, length: int | None = None) -> dict[str, Any]:
+    headers = response_headers(upstream)
+    headers.append((b"x-meter-request-id", exchange.request_id.encode()))
+    if length is not None:
+        headers.append((b"content-length", str(length).encode()))
+    return {"type": "http.response.start", "status": upstream.status_code, "headers": headers}
+
+
+async def relay_whole(exchange: Exchange, upstream: httpx.Response, send: Any, metered: bool) -> None:
+    try:
+        body = await upstream.aread()
+    finally:
+        await upstream.aclose()
+    if metered:
+        _read_json_answer(exchange, upstream.status_code, body)
+    exchange.first_byte()
+    await send(_start(exchange, upstream, len(body)))
+    await send({"type": "http.response.body", "body": body})
+
+
+def _read_json_answer(exchange: Exchange, status: int, body: bytes) -> None:
+    try:
+        answer = _decode(body)
+    except msgspec.DecodeError:
+        return
+    if not isinstance(answer, dict):
+        return
+    if status == 200:
+        exchange.usage.update(answer.get("usage"))
+        exchange.stop_reason = answer.get("stop_reason")
+        model = answer.get("model")
+        exchange.response_model = model if isinstance(model, str) else None
+    else:
+        error = answer.get("error")
+        if isinstance(error, dict) and isinstance(error.get("type"), str):
+            exchange.error_type = error["type"]
+
+
+async def relay_stream(exchange: Exchange, upstream: httpx.Response, receive: Any, send: Any, drain_s: float) -> None:
+    reader = StreamUsageReader()
+    client_gone = asyncio.Event()
+    relaying = True
+    deadline = asyncio.timeout(None)
+
+    def start_drain_deadline(_: object) -> None:
+        # Once the client is gone, the rest of the upstream read gets `drain_s`, no more.
+        if relaying and client_gone.is_set():
+            deadline.reschedule(asyncio.get_running_loop().time() + drain_s)
+
+    listener = asyncio.create_task(_wait_for_disconnect(receive, client_gone))
+    listener.add_done_callback(start_drain_deadline)
+    try:
+        async with deadline:
+            await send(_start(exchange, upstream))
+            async for chunk in upstream.aiter_raw():
+                exchange.first_byte()
+                reader.feed(chunk)
+                if not client_gone.is_set():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except TimeoutError:
+        exchange.error_type = "client_disconnected"
+    except httpx.HTTPError:
+        exchange.error_type = "upstream_disconnected"
+        if not client_gone.is_set():
+            await send({"type": "http.response.body", "body": UPSTREAM_LOST_FRAME, "more_body": True})
+    finally:
+        relaying = False
+        listener.cancel()
+        await upstream.aclose()
+    if not client_gone.is_set():
+        await send({"type": "http.response.body", "body": b""})
+    exchange.usage, exchange.partial = reader.final_usage()
+    exchange.stop_reason = reader.stop_reason
+    exchange.response_model = reader.model
+    exchange.error_type = reader.error_type or exchange.error_type
+
+
+async def _wait_for_disconnect(receive: Any, gone: asyncio.Event) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()

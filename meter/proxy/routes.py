@@ -1,0 +1,27 @@
+"""The tenant-facing routes, Anthropic's paths: each hands the raw request to the gateway."""
+
+# No `from __future__ import annotations`: Litestar reads the handler annotations at registration.
+from litestar import asgi
+from litestar.handlers import ASGIRouteHandler
+from litestar.types import Receive, Scope, Send
+
+from meter.proxy.gateway import Gateway
+
+# (path, endpoint name recorded in the ledger, the one method the path answers)
+ROUTES = (
+    ("/v1/messages", "messages", "POST"),
+    ("/v1/messages/count_tokens", "count_tokens", "POST"),
+    ("/v1/models", "models", "GET"),
+    ("/v1/models/{model_id:str}", "models", "GET"),
+)
+
+
+def proxy_routes(gateway: Gateway) -> list[ASGIRouteHandler]:
+    return [_route(gateway, path, endpoint, method) for path, endpoint, method in ROUTES]
+
+
+def _route(gateway: Gateway, path: str, endpoint: str, method: str) -> ASGIRouteHandler:
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await gateway.handle(scope, receive, send, endpoint, method)
+
+    return asgi(path, copy_scope=False, name=f"proxy:{path}")(handler)

@@ -1,0 +1,105 @@
+"""meter's configuration: read from the environment in one place, frozen, validated at start.
+
+Nothing here runs at import time; `Settings.from_env()` is called by the CLI, and tests build
+`Settings(...)` directly.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DEFAULT_UPSTREAM = "https://api.anthropic.com"
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the CLI prints its message as one line and exits."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    data_dir: Path = Path(".meter")
+    upstream_url: str = DEFAULT_UPSTREAM
+    upstream_api_key: str | None = field(default=None, repr=False)
+    admin_token: str | None = field(default=None, repr=False)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Upstream connection pool size; one meter process must hold hundreds of open streams.
+    upstream_max_connections: int = 1000
+    upstream_connect_timeout_s: float = 10.0
+    # Anthropic's SDK waits up to 10 minutes for a reply; so does meter.
+    upstream_read_timeout_s: float = 600.0
+    # Anthropic's own body cap on /v1/messages.
+    max_body_bytes: int = 32 * 1024 * 1024
+    # How long meter keeps reading an upstream stream after its client left, to learn the final usage.
+    disconnect_drain_s: float = 60.0
+    # Ledger batching: flush when this many rows wait or this much time passed.
+    ledger_batch_rows: int = 500
+    ledger_flush_interval_s: float = 0.05
+    # Past this many unwritten rows (Postgres down), new requests are refused with 529 instead of
+    # risking unrecorded usage.
+    ledger_max_pending: int = 100_000
+    # Tenant keys are cached per process for this long.
+    key_cache_ttl_s: float = 1.0
+    # SIGTERM: how long in-flight requests may take to finish.
+    shutdown_grace_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        scheme = urlsplit(self.upstream_url).scheme
+        if scheme not in ("http", "https"):
+            raise ConfigError(f"METER_UPSTREAM_URL must be an http(s) URL, got {self.upstream_url!r}")
+        if self.database_url is not None and not self.database_url.startswith(("postgresql", "postgres:")):
+            raise ConfigError("METER_DATABASE_URL must be a postgresql:// URL")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"METER_PORT must be a port number, got {self.port}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from `METER_*` variables; keyword overrides (CLI flags) win when not None."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for name, cast in _ENV_FIELDS.items():
+            raw = env.get(f"METER_{name.upper()}")
+            if raw is None or raw == "":
+                continue
+            try:
+                values[name] = cast(raw)
+            except ValueError:
+                raise ConfigError(f"METER_{name.upper()} is not a valid value: {raw!r}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def with_admin_token(self) -> Settings:
+        """Fill in the admin token: from the environment, else the one stored in the data dir,
+        else a new one written there (printed once by the CLI)."""
+        if self.admin_token:
+            return self
+        path = self.data_dir / "admin_token"
+        if path.exists():
+            return replace(self, admin_token=path.read_text().strip())
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        token = "meter-admin-" + secrets.token_urlsafe(32)
+        path.write_text(token + "\n")
+        path.chmod(0o600)
+        return replace(self, admin_token=token)
+
+
+_ENV_FIELDS: dict[str, type] = {
+    "database_url": str,
+    "data_dir": Path,
+    "upstream_url": str,
+    "upstream_api_key": str,
+    "admin_token": str,
+    "host": str,
+    "port": int,
+    "upstream_max_connections": int,
+    "max_body_bytes": int,
+    "disconnect_drain_s": float,
+    "ledger_max_pending": int,
+    "shutdown_grace_s": float,
+}

@@ -1,0 +1,10 @@
+"""The built-in Anthropic-compatible demo upstream: a fake Messages API for tests and benchmarks.
+
+It speaks Anthropic's exact wire format (JSON, SSE, errors) with deterministic token counts, and
+`x-demo-*` request headers choose reply length, cache usage, latency, pacing and failures.
+"""
+
+from meter.upstream_demo.config import DemoConfig
+from meter.upstream_demo.server import create_demo_app, run_demo_upstream
+
+__all__ = ["DemoConfig", "create_demo_app", "run_demo_upstream"]

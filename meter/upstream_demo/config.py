@@ -1,0 +1,25 @@
+"""Settings of the demo upstream: one frozen object, built by the caller (CLI or test)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class DemoConfig:
+    """How the demo upstream behaves when a request does not override it with `x-demo-*` headers.
+
+    api_key: when set, every /v1 request must carry it as `x-api-key` or `Authorization: Bearer`,
+        otherwise it gets Anthropic's 401 `authentication_error`.
+    latency_ms: delay before the response headers (time to first byte).
+    tokens_per_second: pace of streamed output; 0 sends every event as fast as possible.
+    output_tokens: reply length in tokens when `x-demo-output-tokens` is absent.
+    ping_interval_s: 0 sends one `ping` after the first `content_block_start`, as Anthropic does;
+        a positive value also sends a `ping` whenever a paced stream has been silent that long.
+    """
+
+    api_key: str | None = None
+    latency_ms: float = 0
+    tokens_per_second: float = 0
+    output_tokens: int = 12
+    ping_interval_s: float = 0

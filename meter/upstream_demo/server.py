@@ -1,0 +1,322 @@
+"""The demo upstream's aiohttp application: routes, request checks and response writing.
+
+Handlers stay thin: token counting, reply building and wire encoding live in their own modules.
+The per-request path avoids middlewares and app-dict lookups because this server is the upstream
+in benchmarks and must not be the bottleneck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from meter.upstream_demo import models, wire
+from meter.upstream_demo.config import DemoConfig
+from meter.upstream_demo.controls import Controls, read_controls
+from meter.upstream_demo.errors import DemoError, invalid_request
+from meter.upstream_demo.replies import Reply, build_reply
+from meter.upstream_demo.tokens import count_input_tokens
+
+# Anthropic's body cap for Messages and count_tokens.
+MAX_BODY_BYTES = 32 * 1024 * 1024
+# A failing stream (`x-demo-error: midstream|drop`) sends this many content deltas first.
+DELTAS_BEFORE_FAILURE = 2
+# The numeric `x-demo-error` values: status, message and the `retry-after` a client should honour.
+_STATUS_FAILURES: dict[str, tuple[int, str, dict[str, str]]] = {
+    "429": (
+        429,
+        "Number of request tokens has exceeded your per-minute rate limit (demo)",
+        {"retry-after": "7"},
+    ),
+    "529": (529, "Overloaded", {"retry-after": "3"}),
+    "500": (500, "Internal server error", {}),
+}
+_SSE_HEADERS = {"Content-Type": wire.SSE_CONTENT_TYPE, "Cache-Control": "no-cache"}
+
+
+def _json(payload: bytes, request_id: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    all_headers = {"request-id": request_id}
+    if headers:
+        all_headers.update(headers)
+    return web.Response(status=status, body=payload, content_type=wire.JSON_CONTENT_TYPE, headers=all_headers)
+
+
+def _error(error: DemoError, request_id: str) -> web.Response:
+    body = wire.error_body(error.error_type, error.message, request_id)
+    return _json(body, request_id, error.status, error.headers)
+
+
+def _validate_messages_body(body: dict[str, Any]) -> tuple[str, int]:
+    """The request's model and max_tokens; a 400 naming the first missing or malformed field."""
+    for field in ("model", "max_tokens", "messages"):
+        if field not in body:
+            raise invalid_request(f"{field}: Field required")
+    model, max_tokens = body["model"], body["max_tokens"]
+    if not isinstance(model, str) or not model:
+        raise invalid_request("model: Input should be a valid string")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise invalid_request("max_tokens: Input should be an integer greater than or equal to 1")
+    if not isinstance(body["messages"], list):
+        raise invalid_request("messages: Input should be a valid list")
+    return model, max_tokens
+
+
+class _StreamWriter:
+    """Writes SSE frames to one response, pacing deltas and keeping the connection alive with pings."""
+
+    __slots__ = ("_last_write", "_loop", "_ping_interval", "_response")
+
+    def __init__(self, response: web.StreamResponse, ping_interval_s: float) -> None:
+        self._response = response
+        self._ping_interval = ping_interval_s
+        self._loop = asyncio.get_running_loop()
+        self._last_write = self._loop.time()
+
+    async def write(self, data: bytes) -> None:
+        # One write per event: aiohttp hands it to the transport at once, so each event is flushed.
+        await self._response.write(data)
+        self._last_write = self._loop.time()
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep `seconds`, sending a ping whenever the stream has been silent `ping_interval_s`."""
+        deadline = self._loop.time() + seconds
+        while True:
+            now = self._loop.time()
+            if self._ping_interval <= 0 or deadline <= self._last_write + self._ping_interval:
+                await asyncio.sleep(max(0.0, deadline - now))
+                return
+            await asyncio.sleep(max(0.0, self._last_write + self._ping_interval - now))
+            await self.write(wire.PING)
+
+
+class DemoUpstream:
+    """The handlers, bound to one config and holding the last /v1 request for `/_demo/last-request`."""
+
+    def __init__(self, config: DemoConfig) -> None:
+        self.config = config
+        # (method, path, query string, headers, body) of the latest /v1 request; hashed only on demand.
+        self._last: tuple[str, str, str, CIMultiDictProxy[str], bytes] | None = None
+
+    async def _read(self, request: web.Request) -> bytes:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self._last = (request.method, request.path, request.query_string, request.headers, b"")
+            raise DemoError(413, "Request exceeds the maximum allowed number of bytes.") from None
+        self._last = (request.method, request.path, request.query_string, request.headers, body)
+        return body
+
+    def _authorize(self, request: web.Request) -> None:
+        key = self.config.api_key
+        if key is None:
+            return
+        headers = request.headers
+        if headers.get("x-api-key") == key or headers.get("authorization") == "Bearer " + key:
+            return
+        raise DemoError(401, "invalid x-api-key")
+
+    async def _json_body(self, request: web.Request) -> dict[str, Any]:
+        raw = await self._read(request)
+        self._authorize(request)
+        if "anthropic-version" not in request.headers:
+            raise invalid_request("anthropic-version: header is required")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise invalid_request("There was an error parsing the body: invalid JSON") from None
+        if not isinstance(body, dict):
+            raise invalid_request("The request body must be a JSON object")
+        return body
+
+    # POST /v1/messages
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        request_id = wire.new_request_id()
+        try:
+            body = await self._json_body(request)
+            model, max_tokens = _validate_messages_body(body)
+            controls = read_controls(request.headers, self.config)
+            stream = body.get("stream") is True
+            if controls.failure == "midstream" and not stream:
+                raise invalid_request("x-demo-error: midstream applies to streaming requests only")
+            if controls.latency_s > 0:
+                await asyncio.sleep(controls.latency_s)
+            if controls.failure in _STATUS_FAILURES:
+                status, message, headers = _STATUS_FAILURES[controls.failure]
+                raise DemoError(status, message, headers)
+        except DemoError as error:
+            return _error(error, request_id)
+
+        reply = build_reply(body, controls.output_tokens, max_tokens)
+        usage = wire.Usage(
+            input_tokens=count_input_tokens(body),
+            output_tokens=reply.output_tokens,
+            cache_read=controls.cache_read,
+            cache_write_5m=controls.cache_write_5m,
+            cache_write_1h=controls.cache_write_1h,
+        )
+        if stream:
+            return await self._stream(request, request_id, model, reply, usage, controls)
+        if controls.failure == "drop":
+            return _drop(request)
+        return _json(wire.message_body(wire.new_message_id(), model, reply, usage), request_id)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        request_id: str,
+        model: str,
+        reply: Reply,
+        usage: wire.Usage,
+        controls: Controls,
+    ) -> web.StreamResponse:
+        frames = wire.stream_frames(wire.new_message_id(), model, reply, usage)
+        if controls.failure is not None:
+            frames = _until_failure(frames)
+        response = web.StreamResponse(headers={**_SSE_HEADERS, "request-id": request_id})
+        await response.prepare(request)
+        tokens_per_second = controls.tokens_per_second
+        if tokens_per_second <= 0:
+            for item in frames:
+                await response.write(item.data)
+        else:
+            writer = _StreamWriter(response, self.config.ping_interval_s)
+            for item in frames:
+                if item.tokens:
+                    await writer.pause(item.tokens / tokens_per_second)
+                await writer.write(item.data)
+        if controls.failure == "drop":
+            return _drop(request, response)
+        if controls.failure == "midstream":
+            await response.write(wire.error_frame("overloaded_error", "Overloaded"))
+        await response.write_eof()
+        return response
+
+    # POST /v1/messages/count_tokens
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        request_id = wire.new_request_id()
+        try:
+            body = await self._json_body(request)
+            for field in ("model", "messages"):
+                if field not in body:
+                    raise invalid_request(f"{field}: Field required")
+        except DemoError as error:
+            return _error(error, request_id)
+        return _json(wire.dumps({"input_tokens": count_input_tokens(body)}), request_id)
+
+    # GET /v1/models and /v1/models/{model_id}
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        request_id = wire.new_request_id()
+        try:
+            await self._read(request)
+            self._authorize(request)
+            query = request.query
+            page = models.list_models(query.get("limit"), query.get("after_id"), query.get("before_id"))
+        except DemoError as error:
+            return _error(error, request_id)
+        return _json(wire.dumps(page), request_id)
+
+    async def get_model(self, request: web.Request) -> web.Response:
+        request_id = wire.new_request_id()
+        try:
+            await self._read(request)
+            self._authorize(request)
+            model = models.get_model(request.match_info["model_id"])
+        except DemoError as error:
+            return _error(error, request_id)
+        return _json(wire.dumps(model), request_id)
+
+    # Anything else
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        request_id = wire.new_request_id()
+        if request.path.startswith("/v1/"):
+            try:
+                await self._read(request)
+            except DemoError as error:
+                return _error(error, request_id)
+        return _error(DemoError(404, "The requested resource could not be found."), request_id)
+
+    # GET /_demo/last-request
+
+    async def last_request(self, request: web.Request) -> web.Response:
+        request_id = wire.new_request_id()
+        if self._last is None:
+            return _error(DemoError(404, "No /v1 request has been received yet."), request_id)
+        method, path, query, headers, body = self._last
+        seen: dict[str, str] = {}
+        for name, value in headers.items():
+            key = name.lower()
+            # A repeated header (e.g. anthropic-beta) reads as one comma-joined value, as HTTP allows.
+            seen[key] = f"{seen[key]}, {value}" if key in seen else value
+        payload = {
+            "method": method,
+            "path": path,
+            "query": query,
+            "headers": seen,
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+        }
+        return _json(wire.dumps(payload), request_id)
+
+
+def _until_failure(frames: list[wire.Frame]) -> list[wire.Frame]:
+    """The frames a failing stream sends: message_start onwards, cut after a few deltas and
+    always before message_delta, so the client never sees final usage."""
+    kept: list[wire.Frame] = []
+    deltas = 0
+    for item in frames[:-2]:  # the last two are message_delta and message_stop
+        if item.is_delta:
+            if deltas == DELTAS_BEFORE_FAILURE:
+                break
+            deltas += 1
+        kept.append(item)
+    return kept
+
+
+def _drop(request: web.Request, response: web.StreamResponse | None = None) -> web.StreamResponse:
+    """Abort the TCP connection with no further byte, as a crashed upstream or a cut network would."""
+    if request.transport is not None:
+        request.transport.abort()
+    return response if response is not None else web.Response()
+
+
+def create_demo_app(config: DemoConfig) -> web.Application:
+    """The demo upstream application; every setting comes from `config`."""
+    upstream = DemoUpstream(config)
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    router = app.router
+    router.add_post("/v1/messages", upstream.messages)
+    router.add_post("/v1/messages/count_tokens", upstream.count_tokens)
+    router.add_get("/v1/models", upstream.list_models, allow_head=False)
+    router.add_get("/v1/models/{model_id}", upstream.get_model, allow_head=False)
+    router.add_get("/_demo/last-request", upstream.last_request, allow_head=False)
+    # Last, so it only catches what no route above matched: Anthropic answers those with JSON 404s.
+    router.add_route("*", "/{tail:.*}", upstream.not_found)
+    return app
+
+
+def run_demo_upstream(host: str, port: int, config: DemoConfig) -> None:
+    """Serve the demo upstream until interrupted (blocking). Uses uvloop when it is installed."""
+    loop: asyncio.AbstractEventLoop | None = None
+    try:
+        import uvloop
+    except ImportError:
+        pass
+    else:
+        loop = uvloop.new_event_loop()
+    web.run_app(
+        create_demo_app(config),
+        host=host,
+        port=port,
+        access_log=None,  # a log line per request would cost more than the request itself
+        # run_app calls this once the socket is listening, so the line means "ready".
+        print=lambda _banner: print(f"demo upstream listening on http://{host}:{port}", flush=True),
+        loop=loop,
+    )
