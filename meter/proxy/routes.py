@@ -7,12 +7,12 @@ from litestar.types import Receive, Scope, Send
 
 from meter.proxy.gateway import Gateway
 
-# (path, endpoint name recorded in the ledger, the one method the path answers)
+# (path, endpoint name recorded in the ledger, the one method the path answers). /v1/models is a
+# mount so that it also answers /v1/models/{id}: Litestar's ASGI handlers take no path parameters.
 ROUTES = (
     ("/v1/messages", "messages", "POST"),
     ("/v1/messages/count_tokens", "count_tokens", "POST"),
     ("/v1/models", "models", "GET"),
-    ("/v1/models/{model_id:str}", "models", "GET"),
 )
 
 
@@ -24,4 +24,4 @@ def _route(gateway: Gateway, path: str, endpoint: str, method: str) -> ASGIRoute
     async def handler(scope: Scope, receive: Receive, send: Send) -> None:
         await gateway.handle(scope, receive, send, endpoint, method)
 
-    return asgi(path, copy_scope=False, name=f"proxy:{path}")(handler)
+    return asgi(path, copy_scope=True, is_mount=endpoint == "models", name=f"proxy:{path}")(handler)

@@ -287,9 +287,7 @@ async def test_status_errors_map_to_sdk_exceptions(client: anthropic.AsyncAnthro
 async def test_midstream_error_raises_while_iterating(client: anthropic.AsyncAnthropic) -> None:
     seen: list[str] = []
     with pytest.raises(anthropic.APIStatusError) as caught:
-        async with client.messages.stream(
-            **_request(), extra_headers={"x-demo-error": "midstream"}
-        ) as stream:
+        async with client.messages.stream(**_request(), extra_headers={"x-demo-error": "midstream"}) as stream:
             async for event in stream:
                 seen.append(event.type)
     assert seen[0] == "message_start" and "content_block_delta" in seen
@@ -344,9 +342,7 @@ async def test_sse_bytes_follow_anthropic_event_order(base_url: str, http: aioht
     assert events[1][1]["content_block"] == {"type": "text", "text": ""}
     tool_start = next(d for n, d in events if n == "content_block_start" and d["index"] == 1)
     assert tool_start["content_block"]["input"] == {}
-    partial = "".join(
-        d["delta"]["partial_json"] for n, d in events if n == "content_block_delta" and d["index"] == 1
-    )
+    partial = "".join(d["delta"]["partial_json"] for n, d in events if n == "content_block_delta" and d["index"] == 1)
     assert json.loads(partial) == EXPECTED_WEATHER_INPUT
     delta = events[-2][1]
     assert delta["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
@@ -407,9 +403,7 @@ async def test_drop_aborts_the_connection(base_url: str, http: aiohttp.ClientSes
     headers = {**VERSION, "x-api-key": API_KEY, "x-demo-error": "drop"}
     received = b""
     with pytest.raises(aiohttp.ClientPayloadError):
-        async with http.post(
-            f"{base_url}/v1/messages", json=_request(stream=True), headers=headers
-        ) as response:
+        async with http.post(f"{base_url}/v1/messages", json=_request(stream=True), headers=headers) as response:
             assert response.status == 200
             async for chunk in response.content.iter_any():
                 received += chunk

