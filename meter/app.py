@@ -129,8 +129,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             "keys": Provide(lambda: parts.keys, sync_to_thread=False),
         },
     )
+    service_routes = [healthz, readyz, probe, _metrics_route(parts.metrics.registry)]
     app = Litestar(
-        route_handlers=[*proxy_routes(parts.gateway), admin, healthz, readyz, probe, _metrics_route(parts.metrics.registry)],
+        route_handlers=[*proxy_routes(parts.gateway), admin, *service_routes],
         lifespan=[lifespan],
         exception_handlers={Exception: _render_error},
         request_max_body_size=settings.max_body_bytes,

@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from meter.errors import MeterError
 from meter.settings import ConfigError, Settings
 
 T = TypeVar("T")
@@ -28,12 +30,16 @@ DEMO_UPSTREAM_KEY = "sk-ant-demo-operator-key"
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for noisy in ("alembic", "httpx"):  # httpx logs every request at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         args.run(args)
     except ConfigError as exc:
         print(f"meter: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except MeterError as exc:
+        print(f"meter: {exc.message}", file=sys.stderr)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         pass
 
@@ -219,6 +225,9 @@ def _run_gateway(settings: Settings, demo_mode: bool) -> None:
         print(f"Admin token (stored in {settings.data_dir / 'admin_token'}; shown once):\n  {settings.admin_token}\n")
     if demo_mode:
         _print_demo_instructions(base, _demo_key(settings), settings.data_dir)
+    # uvicorn re-raises SIGTERM once its graceful shutdown is done; exit normally then, so that
+    # atexit handlers run (they stop the embedded Postgres).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -92,9 +92,7 @@ def upgrade() -> None:
         sa.Column("ttfb_ms", sa.Integer(), nullable=True),
         sa.PrimaryKeyConstraint("request_id", name=op.f("pk_usage_events")),
     )
-    op.create_index(
-        "ix_usage_events_tenant_started", "usage_events", ["tenant_id", "started_at"], unique=False
-    )
+    op.create_index("ix_usage_events_tenant_started", "usage_events", ["tenant_id", "started_at"], unique=False)
     op.create_table(
         "api_keys",
         sa.Column("id", sa.Text(), nullable=False),

@@ -1,0 +1,122 @@
+"""The operator's command line, and the README's first command: `meter serve --demo`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+
+from tests.conftest import Ledger
+from tests.support import Process, free_port, wait_for_http
+
+
+def meter_cli(database_url: str, *args: str) -> Any:
+    done = subprocess.run(
+        [sys.executable, "-m", "meter", *args],
+        env={**os.environ, "METER_DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_tenants_create_and_keys_issue_and_revoke(database_url: str, meter: Process, ledger: Ledger) -> None:
+    tenant = meter_cli(database_url, "tenants", "create", "cli-tenant")
+    key = meter_cli(database_url, "keys", "issue", tenant["id"], "--name", "laptop")
+    assert key["key"].startswith("sk-meter-") and key["name"] == "laptop"
+    with anthropic.Anthropic(base_url=meter.base_url, api_key=key["key"], max_retries=0) as client:
+        raw = client.messages.with_raw_response.create(
+            model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert ledger.row(raw.headers["x-meter-request-id"])["tenant_id"] == tenant["id"]
+        assert meter_cli(database_url, "keys", "revoke", key["id"])["status"] == "revoked"
+        time.sleep(1.1)  # the per-process key cache lives one second
+        try:
+            client.messages.create(
+                model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+            )
+        except anthropic.AuthenticationError:
+            pass
+        else:
+            raise AssertionError("a revoked key still worked")
+
+
+def test_unknown_tenant_is_a_clear_error(database_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "meter", "keys", "issue", "ten_nope"],
+        env={**os.environ, "METER_DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "No tenant with id 'ten_nope'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_bad_configuration_is_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "meter", "serve"],
+        env={**os.environ, "METER_UPSTREAM_URL": "ftp://nope", "METER_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "meter: configuration error: METER_UPSTREAM_URL must be an http(s) URL, got 'ftp://nope'"
+    ]
+
+
+def test_serve_demo_with_embedded_postgres(tmp_path: Path) -> None:
+    """The README's first command, on a machine with no database server configured."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METER_")}
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "meter", "serve", "--demo", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/readyz", process, timeout_s=120)
+        printed = (tmp_path / "serve.log").read_text()
+        key = re.search(r"Demo tenant key: (\S+)", printed)
+        assert key, printed
+        assert "curl http://127.0.0.1" in printed and "anthropic.Anthropic(" in printed
+        with anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}", api_key=key.group(1), max_retries=0) as client:
+            reply = client.messages.create(
+                model="claude-sonnet-4-6", max_tokens=20, messages=[{"role": "user", "content": "Hello"}]
+            )
+        assert reply.usage.output_tokens > 0
+        token = (tmp_path / "data" / "admin_token").read_text().strip()
+        events = httpx.get(
+            f"http://127.0.0.1:{port}/admin/usage/events", headers={"authorization": f"Bearer {token}"}
+        ).json()["data"]
+        for _ in range(50):
+            if events:
+                break
+            time.sleep(0.1)
+            events = httpx.get(
+                f"http://127.0.0.1:{port}/admin/usage/events", headers={"authorization": f"Bearer {token}"}
+            ).json()["data"]
+        assert events[0]["output_tokens"] == reply.usage.output_tokens
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        log.close()
+    # The embedded Postgres was stopped with meter, and its data stays for the next start.
+    assert not (tmp_path / "data" / "postgres" / "postmaster.pid").exists()
+    assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
