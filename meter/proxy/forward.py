@@ -1,8 +1,10 @@
 """The upstream client: one shared connection pool, header rewriting, and mapping of transport
 failures to meter's errors (at this boundary only).
 
-httpx is the API; the transport underneath is aiohttp's, because httpx's own pool measured ~6x
-slower under concurrency on this hardware (docs/benchmarks.md).
+httpx's Request and Response are the API; underneath is the aiohttp-based httpx transport, called
+directly: httpx's own pool measured ~6x slower under concurrency here, and the AsyncClient layer
+(cookies, redirects, auth, header merging) cost a fifth of meter's CPU for nothing a proxy needs
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -48,10 +50,8 @@ class Upstream:
         self._base_url = base_url.rstrip("/")
         self._auth = [(b"x-api-key", api_key.encode())] if api_key else []
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._client = httpx.AsyncClient(
-            transport=AiohttpTransport(limits=limits),
-            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s, pool=connect_timeout_s),
-        )
+        self._transport = AiohttpTransport(limits=limits)
+        self._timeout = {"connect": connect_timeout_s, "read": read_timeout_s, "pool": connect_timeout_s}
 
     def request_headers(self, incoming: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         headers = [(name, value) for name, value in incoming if name.decode("latin-1") not in NOT_FORWARDED]
@@ -64,16 +64,16 @@ class Upstream:
     ) -> httpx.Response:
         """Send a request; the response body is left unread, to be streamed by the caller."""
         url = self._base_url + path + ("?" + query.decode("latin-1") if query else "")
-        request = self._client.build_request(method, url, headers=headers, content=body or None)
+        request = httpx.Request(method, url, headers=headers, content=body, extensions={"timeout": self._timeout})
         try:
-            return await self._client.send(request, stream=True)
+            return await self._transport.handle_async_request(request)
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout("The upstream API did not answer in time.") from exc
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(f"The upstream API could not be reached: {exc.__class__.__name__}.") from exc
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
 
 def response_headers(upstream: httpx.Response) -> list[tuple[bytes, bytes]]:

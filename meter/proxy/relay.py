@@ -84,7 +84,11 @@ async def relay_stream(exchange: Exchange, upstream: httpx.Response, receive: An
                 exchange.first_byte()
                 reader.feed(chunk)
                 if not client_gone.is_set():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    try:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    except OSError:  # servers that raise instead of ignoring sends to a gone client
+                        client_gone.set()
+                        start_drain_deadline(None)
     except TimeoutError:
         exchange.error_type = "client_disconnected"
     except httpx.HTTPError:
