@@ -1,0 +1,91 @@
+"""The ledger writer on a real Postgres: idempotent, batched, and bounded by admission."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+from prometheus_client import CollectorRegistry
+
+from meter.credentials import new_id
+from meter.db.engine import create_engine
+from meter.ledger import LedgerWriter
+from meter.metrics import Metrics
+from tests.conftest import Admin, Ledger
+from tests.support import Process, start_meter
+
+
+def synthetic_row(**overrides: Any) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {
+        "request_id": new_id("req"),
+        "tenant_id": "ten_synthetic",
+        "key_id": "key_synthetic",
+        "model": "claude-sonnet-4-6",
+        "endpoint": "messages",
+        "stream": False,
+        "status": 200,
+        "error_type": None,
+        "input_tokens": 10,
+        "output_tokens": 20,
+        "cache_creation_input_tokens": 0,
+        "cache_creation_5m_input_tokens": 0,
+        "cache_creation_1h_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "cost_usd": Decimal("0.00033"),
+        "partial": False,
+        "stop_reason": "end_turn",
+        "upstream_request_id": None,
+        "started_at": now,
+        "finished_at": now,
+        "duration_ms": 1,
+        "ttfb_ms": 1,
+        **overrides,
+    }
+
+
+async def test_rows_are_idempotent_and_invalid_rows_are_isolated(database_url: str, ledger: Ledger) -> None:
+    engine = create_engine(database_url)
+    metrics = Metrics(CollectorRegistry())
+    writer = LedgerWriter(engine, metrics, batch_rows=50, flush_interval_s=0.01)
+    writer.start()
+    try:
+        rows = [synthetic_row() for _ in range(120)]
+        for row in rows + rows[:30]:  # 30 repeated: a retried batch must not double-count
+            writer.record(row)
+        # One row Postgres rejects (out of range for its column) must not sink its batch.
+        bad = synthetic_row(duration_ms=2**40)
+        writer.record(bad)
+        writer.record(last := synthetic_row())
+        await writer.flush()
+    finally:
+        await writer.close()
+        await engine.dispose()
+    stored = {r["request_id"] for r in await asyncio.to_thread(ledger.rows, tenant_id="ten_synthetic")}
+    assert {r["request_id"] for r in rows} | {last["request_id"]} <= stored
+    assert bad["request_id"] not in stored
+    assert metrics.ledger_dropped._value.get() == 1
+    assert metrics.ledger_written._value.get() >= 121
+
+
+def test_full_backlog_refuses_new_requests_with_529(
+    database_url: str, upstream: Process, ledger: Ledger, tmp_path: Path
+) -> None:
+    meter = start_meter(database_url, upstream.base_url, tmp_path, METER_LEDGER_MAX_PENDING="0")
+    try:
+        admin = Admin(meter.base_url)
+        key = admin.issue_key(admin.create_tenant("backlog")["id"])
+        with (
+            anthropic.Anthropic(base_url=meter.base_url, api_key=key["key"], max_retries=0) as client,
+            pytest.raises(anthropic.OverloadedError) as caught,
+        ):
+            client.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        row = ledger.row(caught.value.response.headers["x-meter-request-id"])
+        assert (row["status"], row["error_type"]) == (529, "overloaded_error")
+    finally:
+        meter.stop()
