@@ -33,12 +33,14 @@ from meter.pricing import PriceTable
 from meter.proxy.auth import KeyCache
 from meter.proxy.forward import Upstream
 from meter.proxy.gateway import Gateway
+from meter.proxy.limits import Limiter
 from meter.proxy.recorder import Recorder
 from meter.proxy.routes import proxy_routes
 from meter.settings import Settings
 
 log = logging.getLogger("meter")
-PRICE_REFRESH_S = 10.0
+# Price changes reach every process within this time (the table is small).
+PRICE_REFRESH_S = 1.0
 
 
 @dataclass
@@ -73,8 +75,10 @@ def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -
     ledger = LedgerWriter(
         engine, metrics, settings.ledger_batch_rows, settings.ledger_flush_interval_s, settings.ledger_max_pending
     )
+    limiter = Limiter(engine, prices, metrics, settings.hold_ttl_s)
     gateway = Gateway(
         keys,
+        limiter,
         upstream,
         Recorder(ledger, prices, metrics),
         metrics,
@@ -92,11 +96,15 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await _reload_prices(parts)
         parts.ledger.start()
-        refresher = asyncio.create_task(_refresh_prices(parts))
+        background = [
+            asyncio.create_task(_refresh_prices(parts)),
+            asyncio.create_task(parts.gateway.limiter.housekeeping()),
+        ]
         try:
             yield
         finally:
-            refresher.cancel()
+            for task in background:
+                task.cancel()
             await parts.ledger.close(settings.shutdown_grace_s)
             await parts.upstream.aclose()
             await parts.engine.dispose()

@@ -7,6 +7,9 @@ committed but whose acknowledgement was lost is harmless to retry. The queue is 
 admission, not by dropping: past `max_pending` rows the proxy refuses new requests (529), while
 rows of requests already admitted are always accepted. Only a row Postgres itself rejects as
 invalid is dropped, and counted.
+
+A row may carry the settlement of its request's limit reservation; it is applied in the same
+transaction as the row, so usage is counted against limits exactly once.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from meter.db.queries import insert_usage_events
+from meter.db.queries import insert_usage_events, settle
 from meter.metrics import Metrics
 
 log = logging.getLogger("meter.ledger")
@@ -45,7 +48,7 @@ class LedgerWriter:
         self._batch_rows = batch_rows
         self._flush_interval_s = flush_interval_s
         self._max_pending = max_pending
-        self._pending: deque[dict[str, Any]] = deque()
+        self._pending: deque[tuple[dict[str, Any], dict[str, Any] | None]] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -59,9 +62,9 @@ class LedgerWriter:
         """False while the backlog is full: new requests are refused until it drains."""
         return len(self._pending) < self._max_pending
 
-    def record(self, row: dict[str, Any]) -> None:
-        """Queue one row. Never blocks and never fails."""
-        self._pending.append(row)
+    def record(self, row: dict[str, Any], settlement: dict[str, Any] | None = None) -> None:
+        """Queue one row (and its settlement). Never blocks and never fails."""
+        self._pending.append((row, settlement))
         self._metrics.ledger_pending.set(len(self._pending))
         if len(self._pending) >= self._batch_rows:
             self._wakeup.set()
@@ -115,10 +118,13 @@ class LedgerWriter:
                 # Let a batch build up instead of writing rows one at a time under load.
                 await asyncio.sleep(self._flush_interval_s)
 
-    async def _write(self, batch: list[dict[str, Any]]) -> None:
+    async def _write(self, batch: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
         started = time.perf_counter()
+        settlements = [settlement for _, settlement in batch if settlement]
         async with self._engine.begin() as conn:
-            await insert_usage_events(conn, batch)
+            await insert_usage_events(conn, [row for row, _ in batch])
+            if settlements:
+                await settle(conn, settlements)
         self._metrics.ledger_write_seconds.observe(time.perf_counter() - started)
         self._metrics.ledger_written.inc(len(batch))
 
@@ -135,11 +141,11 @@ class LedgerWriter:
             return False
         return True
 
-    async def _write_one_by_one(self, batch: list[dict[str, Any]]) -> None:
+    async def _write_one_by_one(self, batch: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
         """Postgres is up but refuses the batch: write row by row and drop only what it rejects."""
-        for row in batch:
+        for row, settlement in batch:
             try:
-                await self._write([row])
+                await self._write([(row, settlement)])
             except DBAPIError as exc:
                 if not await self._database_answers():
                     return  # Postgres went away meanwhile: keep the rest queued

@@ -44,6 +44,12 @@ class Metrics:
             buckets=TTFT_BUCKETS,
             registry=registry,
         )
+        self.limit_rejections = Counter(
+            "meter_limit_rejections_total",
+            "Requests refused by a limit, budget or credit",
+            ["reason"],
+            registry=registry,
+        )
         self.upstream_errors = Counter(
             "meter_upstream_errors_total", "Upstream failures by type", ["type"], registry=registry
         )

@@ -46,6 +46,8 @@ class Settings:
     ledger_max_pending: int = 100_000
     # Tenant keys are cached per process for this long.
     key_cache_ttl_s: float = 1.0
+    # Reservations of a process that stops renewing them (it was killed) lapse after this long.
+    hold_ttl_s: float = 60.0
     # SIGTERM: how long in-flight requests may take to finish.
     shutdown_grace_s: float = 30.0
 
@@ -102,4 +104,6 @@ _ENV_FIELDS: dict[str, type] = {
     "disconnect_drain_s": float,
     "ledger_max_pending": int,
     "shutdown_grace_s": float,
+    "hold_ttl_s": float,
+    "key_cache_ttl_s": float,
 }

@@ -8,7 +8,9 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -103,4 +105,65 @@ usage_events = Table(
     Column("duration_ms", Integer, nullable=False),
     Column("ttfb_ms", Integer),
     Index("ix_usage_events_tenant_started", "tenant_id", "started_at"),
+)
+
+# Limits and their live state, one row per limited subject: a tenant (`ten_…`) or a key (`key_…`).
+# Config columns are set by the operator (NULL = no limit); the rest is maintained atomically by
+# the SQL functions meter_reserve / meter_settle / meter_expire_holds (see the 0002 migration).
+limits = Table(
+    "limits",
+    metadata,
+    Column("subject_id", Text, primary_key=True),
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("requests_per_minute", Integer),
+    Column("tokens_per_minute", BigInteger),
+    Column("max_concurrent_requests", Integer),
+    Column("tokens_per_day", BigInteger),
+    Column("tokens_per_month", BigInteger),
+    Column("budget_usd_per_day", Money),
+    Column("budget_usd_per_month", Money),
+    # Prepaid credit (tenant rows only): NULL means the tenant is billed afterwards, not prepaid.
+    Column("credit_balance_usd", Money),
+    Column("credit_held_usd", Money, nullable=False, server_default="0"),
+    # Token buckets for the per-minute limits: level and when it was last refilled.
+    Column("rpm_level", Float),
+    Column("rpm_at", DateTime(timezone=True)),
+    Column("tpm_level", Float),
+    Column("tpm_at", DateTime(timezone=True)),
+    Column("in_flight", Integer, nullable=False, server_default="0"),
+    # The current UTC day and month: settled usage, and what in-flight requests hold.
+    Column("day", Date),
+    Column("day_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("day_tokens_held", BigInteger, nullable=False, server_default="0"),
+    Column("day_usd", Money, nullable=False, server_default="0"),
+    Column("day_usd_held", Money, nullable=False, server_default="0"),
+    Column("month", Date),
+    Column("month_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("month_tokens_held", BigInteger, nullable=False, server_default="0"),
+    Column("month_usd", Money, nullable=False, server_default="0"),
+    Column("month_usd_held", Money, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# One row per in-flight request that reserved headroom; released by settlement, or by expiry if
+# the process that made it died (its owner renews `expires_at` while it lives).
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("owner", Text, nullable=False, index=True),
+    Column("subjects", ARRAY(Text), nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+    Column("usd", Money, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+credit_transactions = Table(
+    "credit_transactions",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("amount_usd", Money, nullable=False),
+    Column("note", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

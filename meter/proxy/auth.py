@@ -26,6 +26,10 @@ class Caller:
     key_id: str
     tenant_id: str
     allowed_models: frozenset[str] | None
+    # The tenant and/or key ids that have limits or credit (the limits stage reserves against them),
+    # and whether any of them is in USD, which needs the model's price.
+    limit_subjects: tuple[str, ...] = ()
+    needs_price: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,12 @@ def _record(row: dict[str, Any] | None) -> _KeyRecord | None:
             key_id=row["id"],
             tenant_id=row["tenant_id"],
             allowed_models=frozenset(allowed) if allowed else None,
+            limit_subjects=tuple(
+                subject
+                for subject, limited in ((row["tenant_id"], row["tenant_limited"]), (row["id"], row["key_limited"]))
+                if limited
+            ),
+            needs_price=bool(row["needs_price"]),
         ),
         active=row["status"] == "active",
         tenant_active=row["tenant_status"] == "active",

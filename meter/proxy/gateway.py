@@ -26,6 +26,7 @@ from meter.errors import (
 from meter.metrics import Metrics
 from meter.proxy.auth import KeyCache
 from meter.proxy.forward import Upstream
+from meter.proxy.limits import Limiter
 from meter.proxy.recorder import Exchange, Recorder
 from meter.proxy.relay import relay_stream, relay_whole
 
@@ -40,6 +41,7 @@ class _RequestFields(msgspec.Struct):
 
     model: Any = None
     stream: Any = None
+    max_tokens: Any = None
 
 
 _decode_fields = msgspec.json.Decoder(_RequestFields).decode
@@ -49,6 +51,7 @@ class Gateway:
     def __init__(
         self,
         keys: KeyCache,
+        limiter: Limiter,
         upstream: Upstream,
         recorder: Recorder,
         metrics: Metrics,
@@ -56,6 +59,7 @@ class Gateway:
         drain_s: float,
     ) -> None:
         self.keys = keys
+        self.limiter = limiter
         self.upstream = upstream
         self.recorder = recorder
         self._metrics = metrics
@@ -97,10 +101,11 @@ class Gateway:
 
     async def _serve(self, exchange: Exchange, scope: Any, receive: Any, send: Any) -> None:
         body = await self._read_body(scope, receive)
-        if body:
-            self._read_fields(exchange, body)
+        max_tokens = self._read_fields(exchange, body) if body else 0
         if not self.recorder.ledger.accepting:
             raise Overloaded("meter cannot record usage right now; try again shortly.")
+        if exchange.endpoint != "models":
+            await self.limiter.reserve(exchange, body, max_tokens)
         upstream = await self.upstream.send(
             scope["method"],
             scope.get("raw_path", scope["path"].encode()).decode("latin-1"),
@@ -116,7 +121,8 @@ class Gateway:
         else:
             await relay_whole(exchange, upstream, send, metered=exchange.endpoint == "messages")
 
-    def _read_fields(self, exchange: Exchange, body: bytes) -> None:
+    def _read_fields(self, exchange: Exchange, body: bytes) -> int:
+        """Check the fields meter needs; return `max_tokens` (0 when absent: the upstream refuses it)."""
         try:
             fields = _decode_fields(body)
         except msgspec.ValidationError:
@@ -130,6 +136,8 @@ class Gateway:
         allowed = exchange.caller.allowed_models
         if allowed is not None and fields.model not in allowed:
             raise PermissionDenied(f"This API key is not allowed to use model {fields.model!r}.")
+        max_tokens = fields.max_tokens
+        return max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 0
 
     async def _read_body(self, scope: Any, receive: Any) -> bytes:
         """The whole request body, or RequestTooLarge once it is past the limit. An oversized body

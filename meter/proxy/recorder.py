@@ -6,12 +6,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meter.ledger import LedgerWriter
 from meter.metrics import Metrics
 from meter.pricing import PriceTable
 from meter.proxy.auth import Caller
+
+if TYPE_CHECKING:
+    from meter.proxy.limits import Hold
 from meter.usage import Usage
 
 # Endpoints Anthropic does not bill: their rows cost exactly zero.
@@ -37,6 +40,9 @@ class Exchange:
     stop_reason: str | None = None
     upstream_request_id: str | None = None
     ttfb_s: float | None = None
+    # Set by the limits stage: the reservation to settle, and the rate-limit headers to return.
+    hold: Hold | None = None
+    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     def first_byte(self) -> None:
         if self.ttfb_s is None:
@@ -52,7 +58,9 @@ class Recorder:
     def record(self, exchange: Exchange) -> None:
         duration = time.perf_counter() - exchange.started
         cost = self._cost(exchange)
-        self.ledger.record(_row(exchange, duration, cost))
+        hold = exchange.hold
+        settlement = hold.settlement(exchange.usage.total_tokens, cost) if hold else None
+        self.ledger.record(_row(exchange, duration, cost), settlement)
         self._observe(exchange, duration, cost)
 
     def _cost(self, exchange: Exchange) -> Decimal | None:

@@ -28,6 +28,7 @@ UPSTREAM_LOST_FRAME = (
 
 def _start(exchange: Exchange, upstream: httpx.Response, length: int | None = None) -> dict[str, Any]:
     headers = response_headers(upstream)
+    headers.extend(exchange.response_headers)
     headers.append((b"x-meter-request-id", exchange.request_id.encode()))
     if length is not None:
         headers.append((b"content-length", str(length).encode()))

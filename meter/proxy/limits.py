@@ -1,0 +1,203 @@
+"""Stage 2 of the request path: limits, budgets and prepaid credit.
+
+Before forwarding, a request of a limited tenant or key reserves its worst case (estimate.py) with
+one call of the SQL function meter_reserve: atomic across every meter process sharing the
+database. After the call, the ledger writer settles it to the exact usage in the same transaction
+as its ledger row, so the hot path costs one round trip. Holds carry an expiry that their process
+renews while it lives: a killed process's holds lapse and give their headroom back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from meter.errors import InvalidRequest, MeterError, Overloaded, RateLimited
+from meter.metrics import Metrics
+from meter.pricing import PriceTable
+from meter.proxy import estimate
+from meter.proxy.recorder import Exchange
+
+log = logging.getLogger("meter.limits")
+
+_RESERVE = text("SELECT meter_reserve(:hold, :owner, :subjects, :tokens, :usd, :ttl)")
+_RENEW_HOLDS = text(
+    "UPDATE holds SET expires_at = clock_timestamp() + make_interval(secs => :ttl) WHERE owner = :owner"
+)
+_EXPIRE = text("SELECT meter_expire_holds()")
+
+# The SDKs honour retry-after only up to a minute; past that, tell them not to retry at all.
+SDK_RETRY_WINDOW_S = 60
+PERIOD_WORDS = {
+    "tokens_per_day": ("daily token limit", "tokens"),
+    "tokens_per_month": ("monthly token limit", "tokens"),
+    "budget_usd_per_day": ("daily budget", "usd"),
+    "budget_usd_per_month": ("monthly budget", "usd"),
+}
+
+
+@dataclass(frozen=True)
+class Hold:
+    id: str
+    subjects: tuple[str, ...]
+    day: str
+    month: str
+
+    def settlement(self, tokens: int, usd: Decimal | None) -> dict[str, Any]:
+        return {
+            "hold": self.id,
+            "subjects": list(self.subjects),
+            "day": self.day,
+            "month": self.month,
+            "tokens": tokens,
+            "usd": str(usd or 0),
+        }
+
+
+class Limiter:
+    def __init__(self, engine: AsyncEngine, prices: PriceTable, metrics: Metrics, hold_ttl_s: float) -> None:
+        self._engine = engine
+        self._prices = prices
+        self._metrics = metrics
+        self._ttl_s = hold_ttl_s
+        # Identifies this process's holds, renewed while it lives.
+        self.owner = "proc_" + secrets.token_hex(6)
+
+    async def reserve(self, exchange: Exchange, body: bytes, max_tokens: int) -> None:
+        """Reserve the worst case for `exchange`, or raise the error the tenant should see."""
+        caller = exchange.caller
+        if not caller.limit_subjects:
+            return
+        tokens, usd = self._worst_case(exchange, body, max_tokens)
+        hold_id = "hold_" + exchange.request_id
+        try:
+            async with self._engine.begin() as conn:
+                answer = (
+                    await conn.execute(
+                        _RESERVE,
+                        {
+                            "hold": hold_id,
+                            "owner": self.owner,
+                            "subjects": list(caller.limit_subjects),
+                            "tokens": tokens,
+                            "usd": usd,
+                            "ttl": self._ttl_s,
+                        },
+                    )
+                ).scalar_one()
+        except (DBAPIError, OSError) as exc:
+            # Limits cannot be checked: refuse rather than let a budget be overrun.
+            raise Overloaded("meter cannot check limits right now; try again shortly.") from exc
+        if isinstance(answer, str):
+            answer = json.loads(answer)
+        if not answer["ok"]:
+            refusal = answer["refusal"]
+            self._metrics.limit_rejections.labels(refusal["reason"]).inc()
+            raise refusal_error(refusal)
+        exchange.hold = Hold(hold_id, caller.limit_subjects, answer["day"], answer["month"])
+        exchange.response_headers = ratelimit_headers(answer)
+
+    def _worst_case(self, exchange: Exchange, body: bytes, max_tokens: int) -> tuple[int, Decimal]:
+        if exchange.endpoint != "messages":
+            return 0, Decimal(0)  # count_tokens is free: it counts against request limits only
+        input_estimate = estimate.input_tokens(body)
+        price = self._prices.price_at(exchange.model, datetime.now(UTC))
+        if price is None:
+            if exchange.caller.needs_price:
+                raise InvalidRequest(
+                    f"model: {exchange.model!r} has no price in meter, so it cannot be used with a budget or "
+                    "prepaid credit. Ask your provider to add a price for it."
+                )
+            return input_estimate + max_tokens, Decimal(0)
+        usd = estimate.worst_case_usd(price, input_estimate, max_tokens, b"cache_control" in body)
+        return input_estimate + max_tokens, usd
+
+    async def housekeeping(self) -> None:
+        """Renew this process's holds and release holds whose process died; runs until cancelled."""
+        while True:
+            await asyncio.sleep(min(5.0, self._ttl_s / 3))
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(_RENEW_HOLDS, {"ttl": self._ttl_s, "owner": self.owner})
+                    released = (await conn.execute(_EXPIRE)).scalar_one()
+                if released:
+                    log.warning("released %d expired holds of stopped processes", released)
+            except (DBAPIError, OSError):
+                log.warning("hold housekeeping failed; retrying", exc_info=True)
+
+
+def refusal_error(refusal: dict[str, Any]) -> MeterError:
+    reason = refusal["reason"]
+    whose = "API key" if str(refusal["subject"]).startswith("key_") else "organization"
+    if reason == "credit":
+        return InvalidRequest(
+            "Your credit balance is too low to access the Anthropic API: "
+            f"${_usd(refusal['remaining'])} remains and this request may cost up to ${_usd(refusal['needed'])}. "
+            "Please ask your provider to add credit."
+        )
+    retry_after = max(1, math.ceil(float(refusal.get("retry_after", 1))))
+    headers = {"retry-after": str(retry_after)}
+    if retry_after > SDK_RETRY_WINDOW_S:
+        headers["x-should-retry"] = "false"
+    limit, remaining, needed = refusal["limit"], refusal["remaining"], refusal["needed"]
+    if reason == "max_concurrent_requests":
+        message = f"This {whose} already has {limit} requests in flight, its concurrency limit."
+    elif reason in ("requests_per_minute", "tokens_per_minute"):
+        family = "requests" if reason == "requests_per_minute" else "tokens"
+        headers.update(_family_headers(family, limit, remaining, refusal["reset"]))
+        message = (
+            f"This request would exceed the rate limit of your {whose} of {limit} {family} per minute "
+            f"({math.floor(float(remaining))} available, {needed} needed). Please retry after {retry_after} s."
+        )
+        if family == "tokens" and int(needed) > int(limit):
+            headers["x-should-retry"] = "false"
+            message = f"This request may use {needed} tokens, more than the per-minute limit of {limit}."
+    else:
+        words, unit = PERIOD_WORDS[reason]
+        if unit == "tokens":
+            headers.update(_family_headers("tokens", limit, remaining, refusal["reset"]))
+            amounts = f"{remaining} tokens remain and this request may use up to {needed}"
+        else:
+            amounts = f"${_usd(remaining)} remains and this request may cost up to ${_usd(needed)}"
+        message = f"This request would exceed the {words} of your {whose}: {amounts}."
+    return RateLimited(message, headers)
+
+
+def ratelimit_headers(answer: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    headers: dict[str, str] = {}
+    for family in ("requests", "tokens"):
+        tightest = answer.get(family)
+        if tightest:
+            headers.update(_family_headers(family, tightest["limit"], tightest["remaining"], tightest["reset"]))
+    return [(name.encode(), value.encode()) for name, value in headers.items()]
+
+
+def _family_headers(family: str, limit: Any, remaining: Any, reset: str) -> dict[str, str]:
+    prefix = f"anthropic-ratelimit-{family}"
+    return {
+        f"{prefix}-limit": str(int(limit)),
+        f"{prefix}-remaining": str(max(0, math.floor(float(remaining)))),
+        f"{prefix}-reset": _rfc3339(reset),
+    }
+
+
+def _rfc3339(value: str) -> str:
+    moment = datetime.fromisoformat(value).astimezone(UTC)
+    # Rounded up to the second: a client that waits until then finds the headroom there.
+    whole = moment.replace(microsecond=0) + (timedelta(seconds=1) if moment.microsecond else timedelta())
+    return whole.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _usd(value: Any) -> str:
+    return f"{Decimal(str(value)).quantize(Decimal('0.000001')).normalize():f}"
