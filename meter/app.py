@@ -19,7 +19,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meter.admin.auth import admin_guard
+from meter.admin.credit import CreditController
 from meter.admin.keys import KeyController
+from meter.admin.limits import LimitsController
+from meter.admin.prices import PriceController
 from meter.admin.tenants import TenantController
 from meter.admin.usage import UsageController
 from meter.credentials import new_id
@@ -130,11 +133,19 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     admin = Router(
         path="/admin",
-        route_handlers=[TenantController, KeyController, UsageController],
+        route_handlers=[
+            TenantController,
+            KeyController,
+            LimitsController,
+            CreditController,
+            PriceController,
+            UsageController,
+        ],
         guards=[admin_guard(settings.admin_token or "")],  # type: ignore[list-item]
         dependencies={
             "db": Provide(lambda: parts.engine, sync_to_thread=False),
             "keys": Provide(lambda: parts.keys, sync_to_thread=False),
+            "price_table": Provide(lambda: parts.prices, sync_to_thread=False),
         },
     )
     service_routes = [healthz, readyz, probe, _metrics_route(parts.metrics.registry)]

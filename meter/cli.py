@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -77,6 +78,28 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     revoke.set_defaults(run=_keys_revoke)
 
+    limits = commands.add_parser("limits", help="limits of a tenant or key").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    set_limits = limits.add_parser("set", help="set limits; flags not given stay as they are; 'none' removes one")
+    set_limits.add_argument("subject", metavar="TENANT_OR_KEY_ID")
+    for flag, kind in LIMIT_FLAGS.items():
+        set_limits.add_argument(f"--{flag}", type=_optional(kind), metavar="N|none", default=NOT_GIVEN)
+    set_limits.set_defaults(run=_limits_set)
+    show_limits = limits.add_parser("show", help="limits and usage today and this month")
+    show_limits.add_argument("subject", metavar="TENANT_OR_KEY_ID")
+    show_limits.set_defaults(run=_limits_show)
+
+    credits = commands.add_parser("credits", help="prepaid credit").add_subparsers(required=True, metavar="ACTION")
+    add = credits.add_parser("add", help="top up a tenant's credit (negative to take back)")
+    add.add_argument("tenant_id")
+    add.add_argument("amount_usd", type=Decimal)
+    add.add_argument("--note")
+    add.set_defaults(run=_credits_add)
+    balance = credits.add_parser("balance", help="a tenant's balance")
+    balance.add_argument("tenant_id")
+    balance.set_defaults(run=_credits_balance)
+
     demo = commands.add_parser("demo-upstream", help="run the Anthropic-compatible demo upstream")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8081)
@@ -86,6 +109,37 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-tokens", type=int, default=12)
     demo.set_defaults(run=_demo_upstream)
     return parser
+
+
+# `meter limits set` flags -> (LimitsSpec field, value type)
+LIMIT_FLAGS: dict[str, type] = {
+    "requests-per-minute": int,
+    "tokens-per-minute": int,
+    "max-concurrent-requests": int,
+    "tokens-per-day": int,
+    "tokens-per-month": int,
+    "budget-usd-day": Decimal,
+    "budget-usd-month": Decimal,
+}
+LIMIT_FIELDS = {
+    "requests-per-minute": "requests_per_minute",
+    "tokens-per-minute": "tokens_per_minute",
+    "max-concurrent-requests": "max_concurrent_requests",
+    "tokens-per-day": "tokens_per_day",
+    "tokens-per-month": "tokens_per_month",
+    "budget-usd-day": "budget_usd_per_day",
+    "budget-usd-month": "budget_usd_per_month",
+}
+# Tells a flag left out (keep the limit) from `--flag none` (remove it).
+NOT_GIVEN = object()
+
+
+def _optional(kind: type) -> Callable[[str], object]:
+    def parse(text: str) -> object:
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -166,6 +220,53 @@ def _keys_revoke(args: argparse.Namespace) -> None:
         async with engine.begin() as conn:
             key, _ = await revoke_key(conn, args.key_id)
             return key
+
+    _print_json(_with_engine(_settings(args), work))
+
+
+def _limits_set(args: argparse.Namespace) -> None:
+    from meter.admin.limits import LimitsSpec, read_limits, set_limits
+
+    async def work(engine: Any) -> object:
+        async with engine.begin() as conn:
+            current = await read_limits(conn, args.subject)
+            values = {field: getattr(current, field) for field in LIMIT_FIELDS.values()}
+            for flag, field in LIMIT_FIELDS.items():
+                given = getattr(args, flag.replace("-", "_"))
+                if given is not NOT_GIVEN:
+                    values[field] = given
+            spec = msgspec.convert(values, LimitsSpec, strict=False)
+            return await set_limits(conn, args.subject, spec)
+
+    _print_json(_with_engine(_settings(args), work))
+
+
+def _limits_show(args: argparse.Namespace) -> None:
+    from meter.admin.limits import read_limits
+
+    async def work(engine: Any) -> object:
+        async with engine.connect() as conn:
+            return await read_limits(conn, args.subject)
+
+    _print_json(_with_engine(_settings(args), work))
+
+
+def _credits_add(args: argparse.Namespace) -> None:
+    from meter.admin.credit import TopUp, add_credit
+
+    async def work(engine: Any) -> object:
+        async with engine.begin() as conn:
+            return await add_credit(conn, args.tenant_id, TopUp(amount_usd=args.amount_usd, note=args.note))
+
+    _print_json(_with_engine(_settings(args), work))
+
+
+def _credits_balance(args: argparse.Namespace) -> None:
+    from meter.admin.credit import read_balance
+
+    async def work(engine: Any) -> object:
+        async with engine.connect() as conn:
+            return await read_balance(conn, args.tenant_id)
 
     _print_json(_with_engine(_settings(args), work))
 

@@ -200,4 +200,4 @@ def _rfc3339(value: str) -> str:
 
 
 def _usd(value: Any) -> str:
-    return f"{Decimal(str(value)).quantize(Decimal('0.000001')).normalize():f}"
+    return f"{Decimal(str(value)).normalize():f}"

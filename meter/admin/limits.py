@@ -1,0 +1,207 @@
+"""Limits of a tenant or a key: requests and tokens per minute, concurrency, tokens and USD per
+day and month. Setting limits on a subject for the first time counts what it already used this
+UTC day and month, from the ledger."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, get, put
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from meter.admin.usage import money
+from meter.db.models import api_keys, limits, tenants, usage_events
+from meter.errors import NotFound
+from meter.proxy.auth import KeyCache
+
+Count = Annotated[int, msgspec.Meta(ge=0)]
+CONFIG = (
+    "requests_per_minute",
+    "tokens_per_minute",
+    "max_concurrent_requests",
+    "tokens_per_day",
+    "tokens_per_month",
+    "budget_usd_per_day",
+    "budget_usd_per_month",
+)
+
+
+class LimitsSpec(msgspec.Struct):
+    """Every limit; null (or absent) means no limit. USD as a decimal string or number."""
+
+    requests_per_minute: Count | None = None
+    tokens_per_minute: Count | None = None
+    max_concurrent_requests: Count | None = None
+    tokens_per_day: Count | None = None
+    tokens_per_month: Count | None = None
+    budget_usd_per_day: Decimal | None = None
+    budget_usd_per_month: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        # msgspec constrains numbers but not Decimals: check these here.
+        for name in ("budget_usd_per_day", "budget_usd_per_month"):
+            value = getattr(self, name)
+            if value is not None and (not value.is_finite() or value < 0):
+                raise ValueError(f"{name}: must be a non-negative amount")
+
+
+class PeriodUsage(msgspec.Struct):
+    tokens: int
+    cost_usd: str
+
+
+class LimitsView(msgspec.Struct):
+    subject_id: str
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    max_concurrent_requests: int | None
+    tokens_per_day: int | None
+    tokens_per_month: int | None
+    budget_usd_per_day: str | None
+    budget_usd_per_month: str | None
+    in_flight: int
+    today: PeriodUsage
+    this_month: PeriodUsage
+
+
+async def tenant_of(conn: AsyncConnection, subject_id: str) -> str:
+    """The tenant a subject (tenant or key id) belongs to; NotFound if there is none."""
+    if subject_id.startswith("key_"):
+        tenant_id = (await conn.execute(select(api_keys.c.tenant_id).where(api_keys.c.id == subject_id))).scalar()
+    else:
+        tenant_id = (await conn.execute(select(tenants.c.id).where(tenants.c.id == subject_id))).scalar()
+    if tenant_id is None:
+        raise NotFound(f"No tenant or key with id {subject_id!r}.")
+    return str(tenant_id)
+
+
+async def ensure_limits_row(conn: AsyncConnection, subject_id: str, tenant_id: str) -> None:
+    """Create the subject's limits row if missing, starting its counters at its usage so far."""
+    column = usage_events.c.key_id if subject_id.startswith("key_") else usage_events.c.tenant_id
+    utc_now = func.timezone("UTC", func.now())
+    day_start = func.date_trunc("day", utc_now)
+    month_start = func.date_trunc("month", utc_now)
+    tokens = (
+        usage_events.c.input_tokens
+        + usage_events.c.output_tokens
+        + usage_events.c.cache_creation_input_tokens
+        + usage_events.c.cache_read_input_tokens
+    )
+
+    def used(amount: Any, since: Any) -> Any:
+        started = func.timezone("UTC", usage_events.c.started_at)
+        return (
+            select(func.coalesce(func.sum(amount), 0)).where(column == subject_id, started >= since).scalar_subquery()
+        )
+
+    await conn.execute(
+        insert(limits)
+        .values(
+            subject_id=subject_id,
+            tenant_id=tenant_id,
+            day=func.cast(day_start, limits.c.day.type),
+            month=func.cast(month_start, limits.c.month.type),
+            day_tokens=used(tokens, day_start),
+            day_usd=used(func.coalesce(usage_events.c.cost_usd, 0), day_start),
+            month_tokens=used(tokens, month_start),
+            month_usd=used(func.coalesce(usage_events.c.cost_usd, 0), month_start),
+        )
+        .on_conflict_do_nothing(index_elements=[limits.c.subject_id])
+    )
+
+
+async def set_limits(conn: AsyncConnection, subject_id: str, spec: LimitsSpec) -> LimitsView:
+    tenant_id = await tenant_of(conn, subject_id)
+    await ensure_limits_row(conn, subject_id, tenant_id)
+    values = {name: getattr(spec, name) for name in CONFIG}
+    await conn.execute(limits.update().where(limits.c.subject_id == subject_id).values(**values, updated_at=func.now()))
+    return await read_limits(conn, subject_id)
+
+
+async def read_limits(conn: AsyncConnection, subject_id: str) -> LimitsView:
+    await tenant_of(conn, subject_id)
+    today = func.cast(func.timezone("UTC", func.now()), limits.c.day.type)
+    this_month = func.cast(func.date_trunc("month", func.timezone("UTC", func.now())), limits.c.month.type)
+    row = (
+        (
+            await conn.execute(
+                select(
+                    *(limits.c[name] for name in CONFIG),
+                    limits.c.in_flight,
+                    (limits.c.day == today).label("same_day"),
+                    (limits.c.month == this_month).label("same_month"),
+                    limits.c.day_tokens,
+                    limits.c.day_usd,
+                    limits.c.month_tokens,
+                    limits.c.month_usd,
+                ).where(limits.c.subject_id == subject_id)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        empty = PeriodUsage(tokens=0, cost_usd="0.00")
+        return LimitsView(subject_id, None, None, None, None, None, None, None, 0, empty, empty)
+    return LimitsView(
+        subject_id=subject_id,
+        requests_per_minute=row["requests_per_minute"],
+        tokens_per_minute=row["tokens_per_minute"],
+        max_concurrent_requests=row["max_concurrent_requests"],
+        tokens_per_day=row["tokens_per_day"],
+        tokens_per_month=row["tokens_per_month"],
+        budget_usd_per_day=money(row["budget_usd_per_day"]),
+        budget_usd_per_month=money(row["budget_usd_per_month"]),
+        in_flight=row["in_flight"],
+        today=_period(row["same_day"], row["day_tokens"], row["day_usd"]),
+        this_month=_period(row["same_month"], row["month_tokens"], row["month_usd"]),
+    )
+
+
+def _period(current: bool | None, tokens: int, usd: Decimal) -> PeriodUsage:
+    if not current:  # the counters are of an earlier period: nothing used in this one yet
+        return PeriodUsage(tokens=0, cost_usd="0.00")
+    return PeriodUsage(tokens=tokens, cost_usd=money(usd) or "0.00")
+
+
+class LimitsController(Controller):
+    @put("/tenants/{tenant_id:str}/limits", summary="Set a tenant's limits (null = no limit)")
+    async def put_tenant(self, tenant_id: str, data: LimitsSpec, db: AsyncEngine, keys: KeyCache) -> LimitsView:
+        return await _put(db, keys, _tenant_subject(tenant_id), data)
+
+    @get("/tenants/{tenant_id:str}/limits", summary="A tenant's limits and its usage today and this month")
+    async def get_tenant(self, tenant_id: str, db: AsyncEngine) -> LimitsView:
+        async with db.connect() as conn:
+            return await read_limits(conn, _tenant_subject(tenant_id))
+
+    @put("/keys/{key_id:str}/limits", summary="Set a key's limits (null = no limit)")
+    async def put_key(self, key_id: str, data: LimitsSpec, db: AsyncEngine, keys: KeyCache) -> LimitsView:
+        return await _put(db, keys, _key_subject(key_id), data)
+
+    @get("/keys/{key_id:str}/limits", summary="A key's limits and its usage today and this month")
+    async def get_key(self, key_id: str, db: AsyncEngine) -> LimitsView:
+        async with db.connect() as conn:
+            return await read_limits(conn, _key_subject(key_id))
+
+
+async def _put(db: AsyncEngine, keys: KeyCache, subject_id: str, spec: LimitsSpec) -> LimitsView:
+    async with db.begin() as conn:
+        view = await set_limits(conn, subject_id, spec)
+    keys.forget()  # this process at once; the others within their key-cache lifetime
+    return view
+
+
+def _tenant_subject(tenant_id: str) -> str:
+    if not tenant_id.startswith("ten_"):
+        raise NotFound(f"No tenant with id {tenant_id!r}.")
+    return tenant_id
+
+
+def _key_subject(key_id: str) -> str:
+    if not key_id.startswith("key_"):
+        raise NotFound(f"No key with id {key_id!r}.")
+    return key_id
