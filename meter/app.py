@@ -27,7 +27,7 @@ from meter.admin.tenants import TenantController
 from meter.admin.usage import UsageController
 from meter.credentials import new_id
 from meter.db import migrate
-from meter.db.engine import create_engine
+from meter.db.engine import create_engine, create_hot_engine
 from meter.db.queries import load_prices
 from meter.errors import InternalError, InvalidRequest, MeterError, MethodNotAllowed, NotFound, RequestTooLarge
 from meter.ledger import LedgerWriter
@@ -52,6 +52,7 @@ class Parts:
 
     settings: Settings
     engine: AsyncEngine
+    hot_engine: AsyncEngine
     metrics: Metrics
     prices: PriceTable
     keys: KeyCache
@@ -64,10 +65,11 @@ def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -
     if not settings.database_url:
         raise ValueError("create_app needs settings.database_url (the CLI starts embedded Postgres)")
     engine = create_engine(settings.database_url)
+    hot_engine = create_hot_engine(settings.database_url)
     metrics = Metrics(registry or CollectorRegistry())
     metrics.build.info({"version": "0.1.0"})
     prices = PriceTable()
-    keys = KeyCache(engine, settings.key_cache_ttl_s)
+    keys = KeyCache(hot_engine, metrics, settings.key_cache_ttl_s)
     upstream = Upstream(
         settings.upstream_url,
         settings.upstream_api_key,
@@ -78,7 +80,7 @@ def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -
     ledger = LedgerWriter(
         engine, metrics, settings.ledger_batch_rows, settings.ledger_flush_interval_s, settings.ledger_max_pending
     )
-    limiter = Limiter(engine, prices, metrics, settings.hold_ttl_s)
+    limiter = Limiter(engine, hot_engine, prices, metrics, settings.hold_ttl_s)
     gateway = Gateway(
         keys,
         limiter,
@@ -88,7 +90,7 @@ def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -
         settings.max_body_bytes,
         settings.disconnect_drain_s,
     )
-    return Parts(settings, engine, metrics, prices, keys, upstream, ledger, gateway)
+    return Parts(settings, engine, hot_engine, metrics, prices, keys, upstream, ledger, gateway)
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> Litestar:
@@ -111,6 +113,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             await parts.ledger.close(settings.shutdown_grace_s)
             await parts.upstream.aclose()
             await parts.engine.dispose()
+            await parts.hot_engine.dispose()
 
     @get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

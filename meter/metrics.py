@@ -54,6 +54,12 @@ class Metrics:
             "meter_upstream_errors_total", "Upstream failures by type", ["type"], registry=registry
         )
         self.in_flight = Gauge("meter_in_flight_requests", "Requests being served", registry=registry)
+        self.db_round_trips = Counter(
+            "meter_db_round_trips_total",
+            "Round trips to Postgres made for requests: key lookups, reservations, ledger batches",
+            ["purpose"],
+            registry=registry,
+        )
         self.ledger_pending = Gauge("meter_ledger_queue_depth", "Ledger rows waiting to be written", registry=registry)
         self.ledger_written = Counter("meter_ledger_rows_written_total", "Ledger rows written", registry=registry)
         self.ledger_dropped = Counter(

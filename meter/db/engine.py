@@ -1,8 +1,14 @@
-"""Connecting to Postgres: URL normalisation and the shared async engine."""
+"""Connecting to Postgres: URL normalisation, the shared engine, and the hot path's engine."""
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+T = TypeVar("T")
 
 
 def async_url(url: str) -> str:
@@ -14,5 +20,28 @@ def async_url(url: str) -> str:
 
 
 def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+    """The engine for admin work, the ledger and background tasks."""
     # pool_pre_ping: after a Postgres restart the pool would otherwise hand out dead connections.
     return create_async_engine(async_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def create_hot_engine(url: str, pool_size: int = 20) -> AsyncEngine:
+    """The request path's engine: each statement is its own transaction (AUTOCOMMIT: no BEGIN or
+    COMMIT round trips) and there is no pre-ping, so a statement costs one round trip. A dead
+    connection is retried once instead (`once_more_if_disconnected`)."""
+    return create_async_engine(
+        async_url(url), pool_size=pool_size, max_overflow=pool_size, isolation_level="AUTOCOMMIT"
+    )
+
+
+async def once_more_if_disconnected(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run `work` on a connection; if the connection turns out dead (Postgres restarted), the pool
+    discards it and `work` runs once more on a fresh one."""
+    for attempt in (1, 2):
+        try:
+            async with engine.connect() as conn:
+                return await work(conn)
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")

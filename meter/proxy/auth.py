@@ -14,8 +14,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meter.credentials import hash_key
+from meter.db.engine import once_more_if_disconnected
 from meter.db.queries import key_by_hash
 from meter.errors import AuthenticationFailed, Overloaded, PermissionDenied
+from meter.metrics import Metrics
 
 MAX_CACHED_KEYS = 100_000
 STALE_IF_ERROR_S = 300.0
@@ -52,8 +54,9 @@ def credential(headers: dict[bytes, bytes]) -> str | None:
 
 
 class KeyCache:
-    def __init__(self, engine: AsyncEngine, ttl_s: float = 1.0) -> None:
+    def __init__(self, engine: AsyncEngine, metrics: Metrics, ttl_s: float = 1.0) -> None:
         self._engine = engine
+        self._metrics = metrics
         self._ttl_s = ttl_s
         self._entries: dict[str, tuple[float, _KeyRecord | None]] = {}
         # Concurrent first requests with one key share one query.
@@ -93,8 +96,8 @@ class KeyCache:
         future: asyncio.Future[_KeyRecord | None] = asyncio.get_running_loop().create_future()
         self._loading[key_hash] = future
         try:
-            async with self._engine.connect() as conn:
-                record = _record(await key_by_hash(conn, key_hash))
+            self._metrics.db_round_trips.labels("key_lookup").inc()
+            record = _record(await once_more_if_disconnected(self._engine, lambda conn: key_by_hash(conn, key_hash)))
         except (DBAPIError, OSError) as exc:
             future.cancel()
             # Postgres briefly away: keep serving keys seen recently rather than refuse everyone.

@@ -21,8 +21,9 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from meter.db.engine import once_more_if_disconnected
 from meter.errors import InvalidRequest, MeterError, Overloaded, RateLimited
 from meter.metrics import Metrics
 from meter.pricing import PriceTable
@@ -66,8 +67,11 @@ class Hold:
 
 
 class Limiter:
-    def __init__(self, engine: AsyncEngine, prices: PriceTable, metrics: Metrics, hold_ttl_s: float) -> None:
+    def __init__(
+        self, engine: AsyncEngine, hot_engine: AsyncEngine, prices: PriceTable, metrics: Metrics, hold_ttl_s: float
+    ) -> None:
         self._engine = engine
+        self._hot_engine = hot_engine
         self._prices = prices
         self._metrics = metrics
         self._ttl_s = hold_ttl_s
@@ -81,21 +85,21 @@ class Limiter:
             return
         tokens, usd = self._worst_case(exchange, body, max_tokens)
         hold_id = "hold_" + exchange.request_id
+        arguments = {
+            "hold": hold_id,
+            "owner": self.owner,
+            "subjects": list(caller.limit_subjects),
+            "tokens": tokens,
+            "usd": usd,
+            "ttl": self._ttl_s,
+        }
+
+        async def call(conn: AsyncConnection) -> Any:
+            return (await conn.execute(_RESERVE, arguments)).scalar_one()
+
+        self._metrics.db_round_trips.labels("reserve").inc()
         try:
-            async with self._engine.begin() as conn:
-                answer = (
-                    await conn.execute(
-                        _RESERVE,
-                        {
-                            "hold": hold_id,
-                            "owner": self.owner,
-                            "subjects": list(caller.limit_subjects),
-                            "tokens": tokens,
-                            "usd": usd,
-                            "ttl": self._ttl_s,
-                        },
-                    )
-                ).scalar_one()
+            answer = await once_more_if_disconnected(self._hot_engine, call)
         except (DBAPIError, OSError) as exc:
             # Limits cannot be checked: refuse rather than let a budget be overrun.
             raise Overloaded("meter cannot check limits right now; try again shortly.") from exc

@@ -290,3 +290,26 @@ def test_limits_api_validates_and_key_limits_apply(meters: list[Process]) -> Non
         httpx.post(meters[0].base_url + "/v1/messages", json=BODY, headers=headers(key)).status_code for _ in range(3)
     ]
     assert statuses == [200, 200, 429]
+
+
+def metric(base_url: str, name: str) -> float:
+    total = 0.0
+    for line in httpx.get(base_url + "/metrics").text.splitlines():
+        if line.startswith(name):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_limited_requests_cost_one_database_round_trip_on_average(meters: list[Process]) -> None:
+    key, _ = new_tenant(meters, {"requests_per_minute": 100_000, "budget_usd_per_month": "1000"})
+    process = [meters[0]]
+    names = ("meter_db_round_trips_total", 'meter_requests_total{endpoint="messages"')
+    before = [metric(process[0].base_url, name) for name in names]
+    for _ in range(4):
+        assert all(r.status_code == 200 for r in asyncio.run(fire(process, key, 100, BODY)))
+    time.sleep(0.3)  # the last ledger batch
+    trips, requests = (metric(process[0].base_url, name) - was for name, was in zip(names, before, strict=True))
+    assert requests == 400
+    reserves = metric(process[0].base_url, 'meter_db_round_trips_total{purpose="reserve"}')
+    assert reserves >= 400
+    assert trips / requests <= 1.25, f"{trips} round trips for {requests} requests"
