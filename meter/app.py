@@ -18,11 +18,13 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from meter.admin.audit import AuditController, token_actor
 from meter.admin.auth import admin_guard
 from meter.admin.credit import CreditController
 from meter.admin.keys import KeyController
 from meter.admin.limits import LimitsController
 from meter.admin.prices import PriceController
+from meter.admin.statements import StatementController
 from meter.admin.tenants import TenantController
 from meter.admin.usage import UsageController
 from meter.credentials import new_id
@@ -104,6 +106,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         background = [
             asyncio.create_task(_refresh_prices(parts)),
             asyncio.create_task(parts.gateway.limiter.housekeeping()),
+            asyncio.create_task(parts.keys.listen(settings.database_url or "")),
         ]
         try:
             yield
@@ -134,6 +137,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def probe() -> None:
         """Claude Code's connectivity probe."""
 
+    actor = token_actor(settings.admin_token or "")
     admin = Router(
         path="/admin",
         route_handlers=[
@@ -143,12 +147,15 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             CreditController,
             PriceController,
             UsageController,
+            StatementController,
+            AuditController,
         ],
         guards=[admin_guard(settings.admin_token or "")],  # type: ignore[list-item]
         dependencies={
             "db": Provide(lambda: parts.engine, sync_to_thread=False),
             "keys": Provide(lambda: parts.keys, sync_to_thread=False),
             "price_table": Provide(lambda: parts.prices, sync_to_thread=False),
+            "actor": Provide(lambda: actor, sync_to_thread=False),
         },
     )
     service_routes = [healthz, readyz, probe, _metrics_route(parts.metrics.registry)]

@@ -44,8 +44,9 @@ class Settings:
     # Past this many unwritten rows (Postgres down), new requests are refused with 529 instead of
     # risking unrecorded usage.
     ledger_max_pending: int = 100_000
-    # Tenant keys are cached per process for this long.
-    key_cache_ttl_s: float = 1.0
+    # Tenant keys are cached per process; changes arrive by LISTEN/NOTIFY at once, and this is the
+    # safety net (one second while the notification connection is down).
+    key_cache_ttl_s: float = 10.0
     # Reservations of a process that stops renewing them (it was killed) lapse after this long.
     hold_ttl_s: float = 60.0
     # SIGTERM: how long in-flight requests may take to finish.

@@ -10,9 +10,11 @@ from litestar import Controller, get, post
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from meter.admin import audit
 from meter.admin.limits import ensure_limits_row, tenant_of
 from meter.admin.usage import money
 from meter.credentials import new_id
+from meter.db import notices
 from meter.db.models import credit_transactions, limits
 from meter.errors import InvalidRequest, NotFound
 from meter.proxy.auth import KeyCache
@@ -31,7 +33,7 @@ class Balance(msgspec.Struct):
     available_usd: str | None
 
 
-async def add_credit(conn: AsyncConnection, tenant_id: str, top_up: TopUp) -> Balance:
+async def add_credit(conn: AsyncConnection, tenant_id: str, top_up: TopUp, actor: str) -> Balance:
     """Add (or, negative, take back) credit; the tenant becomes prepaid with its first top-up."""
     if not tenant_id.startswith("ten_"):
         raise NotFound(f"No tenant with id {tenant_id!r}.")
@@ -48,6 +50,9 @@ async def add_credit(conn: AsyncConnection, tenant_id: str, top_up: TopUp) -> Ba
         .where(limits.c.subject_id == tenant_id)
         .values(credit_balance_usd=func.coalesce(limits.c.credit_balance_usd, 0) + top_up.amount_usd)
     )
+    details = {"amount_usd": str(top_up.amount_usd), "note": top_up.note}
+    await audit.record(conn, actor, "credit.add", tenant_id, details)
+    await notices.keys_changed(conn)  # the tenant may have just become prepaid
     return await read_balance(conn, tenant_id)
 
 
@@ -70,9 +75,9 @@ async def read_balance(conn: AsyncConnection, tenant_id: str) -> Balance:
 
 class CreditController(Controller):
     @post("/tenants/{tenant_id:str}/credits", summary="Top up (or adjust) a tenant's prepaid credit", status_code=200)
-    async def top_up(self, tenant_id: str, data: TopUp, db: AsyncEngine, keys: KeyCache) -> Balance:
+    async def top_up(self, tenant_id: str, data: TopUp, db: AsyncEngine, keys: KeyCache, actor: str) -> Balance:
         async with db.begin() as conn:
-            balance = await add_credit(conn, tenant_id, data)
+            balance = await add_credit(conn, tenant_id, data, actor)
         keys.forget()
         return balance
 

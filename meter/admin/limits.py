@@ -13,7 +13,9 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from meter.admin import audit
 from meter.admin.usage import money
+from meter.db import notices
 from meter.db.models import api_keys, limits, tenants, usage_events
 from meter.errors import NotFound
 from meter.proxy.auth import KeyCache
@@ -114,11 +116,13 @@ async def ensure_limits_row(conn: AsyncConnection, subject_id: str, tenant_id: s
     )
 
 
-async def set_limits(conn: AsyncConnection, subject_id: str, spec: LimitsSpec) -> LimitsView:
+async def set_limits(conn: AsyncConnection, subject_id: str, spec: LimitsSpec, actor: str) -> LimitsView:
     tenant_id = await tenant_of(conn, subject_id)
     await ensure_limits_row(conn, subject_id, tenant_id)
     values = {name: getattr(spec, name) for name in CONFIG}
     await conn.execute(limits.update().where(limits.c.subject_id == subject_id).values(**values, updated_at=func.now()))
+    await audit.record(conn, actor, "limits.set", subject_id, values)
+    await notices.keys_changed(conn)  # cached keys carry whether they are limited
     return await read_limits(conn, subject_id)
 
 
@@ -170,8 +174,10 @@ def _period(current: bool | None, tokens: int, usd: Decimal) -> PeriodUsage:
 
 class LimitsController(Controller):
     @put("/tenants/{tenant_id:str}/limits", summary="Set a tenant's limits (null = no limit)")
-    async def put_tenant(self, tenant_id: str, data: LimitsSpec, db: AsyncEngine, keys: KeyCache) -> LimitsView:
-        return await _put(db, keys, _tenant_subject(tenant_id), data)
+    async def put_tenant(
+        self, tenant_id: str, data: LimitsSpec, db: AsyncEngine, keys: KeyCache, actor: str
+    ) -> LimitsView:
+        return await _put(db, keys, _tenant_subject(tenant_id), data, actor)
 
     @get("/tenants/{tenant_id:str}/limits", summary="A tenant's limits and its usage today and this month")
     async def get_tenant(self, tenant_id: str, db: AsyncEngine) -> LimitsView:
@@ -179,8 +185,8 @@ class LimitsController(Controller):
             return await read_limits(conn, _tenant_subject(tenant_id))
 
     @put("/keys/{key_id:str}/limits", summary="Set a key's limits (null = no limit)")
-    async def put_key(self, key_id: str, data: LimitsSpec, db: AsyncEngine, keys: KeyCache) -> LimitsView:
-        return await _put(db, keys, _key_subject(key_id), data)
+    async def put_key(self, key_id: str, data: LimitsSpec, db: AsyncEngine, keys: KeyCache, actor: str) -> LimitsView:
+        return await _put(db, keys, _key_subject(key_id), data, actor)
 
     @get("/keys/{key_id:str}/limits", summary="A key's limits and its usage today and this month")
     async def get_key(self, key_id: str, db: AsyncEngine) -> LimitsView:
@@ -188,9 +194,9 @@ class LimitsController(Controller):
             return await read_limits(conn, _key_subject(key_id))
 
 
-async def _put(db: AsyncEngine, keys: KeyCache, subject_id: str, spec: LimitsSpec) -> LimitsView:
+async def _put(db: AsyncEngine, keys: KeyCache, subject_id: str, spec: LimitsSpec, actor: str) -> LimitsView:
     async with db.begin() as conn:
-        view = await set_limits(conn, subject_id, spec)
+        view = await set_limits(conn, subject_id, spec, actor)
     keys.forget()  # this process at once; the others within their key-cache lifetime
     return view
 

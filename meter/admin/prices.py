@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from meter.admin import audit
 from meter.db.models import prices
 from meter.db.queries import load_prices
 from meter.errors import InvalidRequest
@@ -82,7 +83,7 @@ async def list_prices(conn: AsyncConnection) -> PriceList:
     return PriceList(data=[_view(Price(**row)) for row in rows])
 
 
-async def set_prices(conn: AsyncConnection, update: PriceUpdate) -> PriceList:
+async def set_prices(conn: AsyncConnection, update: PriceUpdate, actor: str) -> PriceList:
     now = datetime.now(UTC)
     rows = []
     for spec in update.prices:
@@ -109,6 +110,7 @@ async def set_prices(conn: AsyncConnection, update: PriceUpdate) -> PriceList:
         )
     if not rows:
         raise InvalidRequest("prices: give at least one price")
+    await audit.record(conn, actor, "prices.set", None, {"prices": rows})
     statement = insert(prices).values(rows)
     await conn.execute(
         statement.on_conflict_do_update(
@@ -128,9 +130,9 @@ class PriceController(Controller):
             return await list_prices(conn)
 
     @put("/", summary="Add or replace prices; each applies to requests that start after its effective_from")
-    async def put(self, data: PriceUpdate, db: AsyncEngine, price_table: PriceTable) -> PriceList:
+    async def put(self, data: PriceUpdate, db: AsyncEngine, price_table: PriceTable, actor: str) -> PriceList:
         async with db.begin() as conn:
-            answer = await set_prices(conn, data)
+            answer = await set_prices(conn, data, actor)
         async with db.connect() as conn:
             price_table.replace(await load_prices(conn))
         return answer

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, get
 from litestar.params import Parameter
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from meter.db.models import usage_events
+from meter.admin.tenants import get_tenant
+from meter.db.models import usage_daily, usage_events
+from meter.errors import InvalidRequest
 
 
 class UsageEvent(msgspec.Struct):
@@ -66,7 +68,86 @@ async def list_events(conn: AsyncConnection, tenant_id: str | None, after: str |
     return UsageEventPage(data=events, next_cursor=events[-1].request_id if len(rows) > limit else None)
 
 
+class UsageRow(msgspec.Struct):
+    group: str  # the day (YYYY-MM-DD), the model, or the key id
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    cost_usd: str
+    unpriced_requests: int
+
+
+class UsageReport(msgspec.Struct):
+    tenant_id: str
+    group_by: str
+    start: date
+    end: date  # exclusive
+    data: list[UsageRow]
+    next_cursor: str | None = None
+
+
+GroupBy = Literal["day", "model", "key"]
+_GROUP_COLUMNS = {"day": usage_daily.c.day, "model": usage_daily.c.model, "key": usage_daily.c.key_id}
+
+
+def default_period(start: date | None, end: date | None) -> tuple[date, date]:
+    """Both bounds default to the current UTC month; `end` is exclusive."""
+    today = datetime.now(UTC).date()
+    start = start or today.replace(day=1)
+    if end is None:
+        end = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    if end <= start:
+        raise InvalidRequest("to: must be after from")
+    return start, end
+
+
+async def tenant_usage(
+    conn: AsyncConnection, tenant_id: str, start: date | None, end: date | None, group_by: GroupBy
+) -> UsageReport:
+    """Usage from the daily rollups: one small index range per tenant, however large the ledger."""
+    await get_tenant(conn, tenant_id)
+    start, end = default_period(start, end)
+    group = _GROUP_COLUMNS[group_by]
+    sums = [
+        func.sum(usage_daily.c[name]).label(name)
+        for name in (
+            "requests",
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+            "cost_usd",
+            "unpriced_requests",
+        )
+    ]
+    query = (
+        select(group.label("group"), *sums)
+        .where(usage_daily.c.tenant_id == tenant_id, usage_daily.c.day >= start, usage_daily.c.day < end)
+        .group_by(group)
+        .order_by(group)
+    )
+    rows = (await conn.execute(query)).mappings().all()
+    data = [
+        UsageRow(**{**row, "group": str(row["group"]), "cost_usd": money(row["cost_usd"]) or "0.00"}) for row in rows
+    ]
+    return UsageReport(tenant_id=tenant_id, group_by=group_by, start=start, end=end, data=data)
+
+
 class UsageController(Controller):
+    @get("/tenants/{tenant_id:str}/usage", summary="A tenant's usage by day, model or key (UTC days)")
+    async def tenant(
+        self,
+        tenant_id: str,
+        db: AsyncEngine,
+        start: Annotated[date | None, Parameter(query="from")] = None,
+        end: Annotated[date | None, Parameter(query="to", description="exclusive")] = None,
+        group_by: GroupBy = "day",
+    ) -> UsageReport:
+        async with db.connect() as conn:
+            return await tenant_usage(conn, tenant_id, start, end, group_by)
+
     @get("/usage/events", summary="Ledger rows, oldest first, with cursor pagination")
     async def events(
         self,

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     func,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 # Deterministic constraint names, so migrations and `alembic check` agree on every database.
 metadata = MetaData(
@@ -61,6 +62,11 @@ api_keys = Table(
     Column("expires_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("revoked_at", DateTime(timezone=True)),
+    # Kept up to date by the ledger writer, one statement per batch.
+    Column("last_used_at", DateTime(timezone=True)),
+    # After a rotation the previous secret keeps working until `previous_valid_until`.
+    Column("previous_key_hash", Text, unique=True),
+    Column("previous_valid_until", DateTime(timezone=True)),
     CheckConstraint("status IN ('active', 'revoked')", name="status"),
 )
 
@@ -166,4 +172,38 @@ credit_transactions = Table(
     Column("amount_usd", Money, nullable=False),
     Column("note", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Daily rollups of the ledger, per tenant, key and model (UTC days), updated in the same statement
+# that inserts ledger rows, so usage queries never scan the ledger. `model` is '' for requests
+# refused before a model was known.
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("key_id", Text, primary_key=True),
+    Column("model", Text, primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cache_creation_input_tokens", BigInteger, nullable=False),
+    Column("cache_creation_5m_input_tokens", BigInteger, nullable=False),
+    Column("cache_creation_1h_input_tokens", BigInteger, nullable=False),
+    Column("cache_read_input_tokens", BigInteger, nullable=False),
+    Column("cost_usd", Money, nullable=False),
+    Column("unpriced_requests", BigInteger, nullable=False),
+)
+
+# Every change made through the operator API or CLI.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # "admin-token:<first 8 hex of its SHA-256>" or "cli:<user>"
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("subject_id", Text),
+    Column("details", JSONB, nullable=False, server_default="{}"),
 )

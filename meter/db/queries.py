@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, or_, select, text
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from meter.db.models import api_keys, limits, prices, tenants, usage_events
+from meter.db.models import api_keys, limits, prices, tenants
 from meter.pricing import Price
 
 _tenant_limits = limits.alias("tenant_limits")
@@ -37,7 +36,8 @@ def _needs_price(table: Any) -> Any:
 
 
 async def key_by_hash(conn: AsyncConnection, key_hash: str) -> dict[str, Any] | None:
-    """The key with this hash, its tenant's status, and whether either has limits: or None."""
+    """The key with this hash (current, or previous after a rotation), its tenant's status, and
+    whether either has limits: or None."""
     query = (
         select(
             api_keys.c.id,
@@ -45,6 +45,8 @@ async def key_by_hash(conn: AsyncConnection, key_hash: str) -> dict[str, Any] | 
             api_keys.c.status,
             api_keys.c.expires_at,
             api_keys.c.allowed_models,
+            api_keys.c.key_hash,
+            api_keys.c.previous_valid_until,
             tenants.c.status.label("tenant_status"),
             func.coalesce(_is_limited(_tenant_limits), False).label("tenant_limited"),
             func.coalesce(_is_limited(_key_limits), False).label("key_limited"),
@@ -53,26 +55,88 @@ async def key_by_hash(conn: AsyncConnection, key_hash: str) -> dict[str, Any] | 
         .join(tenants, tenants.c.id == api_keys.c.tenant_id)
         .outerjoin(_tenant_limits, _tenant_limits.c.subject_id == api_keys.c.tenant_id)
         .outerjoin(_key_limits, _key_limits.c.subject_id == api_keys.c.id)
-        .where(api_keys.c.key_hash == key_hash)
+        .where(or_(api_keys.c.key_hash == key_hash, api_keys.c.previous_key_hash == key_hash))
     )
     row = (await conn.execute(query)).mappings().first()
     return dict(row) if row else None
 
 
-_insert_usage = insert(usage_events).on_conflict_do_nothing(index_elements=[usage_events.c.request_id])
+# The ledger columns and their Postgres array types, in insert order.
+LEDGER_COLUMNS = {
+    "request_id": "text",
+    "tenant_id": "text",
+    "key_id": "text",
+    "model": "text",
+    "endpoint": "text",
+    "stream": "boolean",
+    "status": "smallint",
+    "error_type": "text",
+    "input_tokens": "bigint",
+    "output_tokens": "bigint",
+    "cache_creation_input_tokens": "bigint",
+    "cache_creation_5m_input_tokens": "bigint",
+    "cache_creation_1h_input_tokens": "bigint",
+    "cache_read_input_tokens": "bigint",
+    "cost_usd": "numeric",
+    "partial": "boolean",
+    "stop_reason": "text",
+    "upstream_request_id": "text",
+    "started_at": "timestamptz",
+    "finished_at": "timestamptz",
+    "duration_ms": "integer",
+    "ttfb_ms": "integer",
+}
+_COUNTERS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_creation_5m_input_tokens",
+    "cache_creation_1h_input_tokens",
+    "cache_read_input_tokens",
+)
+_names = ", ".join(LEDGER_COLUMNS)
+
+# One statement, one round trip, atomic: insert the rows (a request id already there is skipped, so
+# a retried batch is harmless), and for the rows actually inserted, and only those, add them to the
+# daily rollups, note when each key was last used, and settle their limit reservations.
+_WRITE_BATCH = text(
+    f"""
+WITH inserted AS (
+    INSERT INTO usage_events ({_names})
+    SELECT * FROM unnest({", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in LEDGER_COLUMNS.items())})
+    ON CONFLICT (request_id) DO NOTHING
+    RETURNING *
+), daily AS (
+    INSERT INTO usage_daily AS d (tenant_id, day, key_id, model, requests, {", ".join(_COUNTERS)}, cost_usd,
+                                  unpriced_requests)
+    SELECT tenant_id, (started_at AT TIME ZONE 'UTC')::date, key_id, COALESCE(model, ''), count(*),
+           {", ".join(f"sum({name})" for name in _COUNTERS)}, COALESCE(sum(cost_usd), 0),
+           count(*) FILTER (WHERE cost_usd IS NULL)
+    FROM inserted GROUP BY 1, 2, 3, 4
+    ON CONFLICT (tenant_id, day, key_id, model) DO UPDATE SET
+        requests = d.requests + excluded.requests,
+        {", ".join(f"{name} = d.{name} + excluded.{name}" for name in _COUNTERS)},
+        cost_usd = d.cost_usd + excluded.cost_usd,
+        unpriced_requests = d.unpriced_requests + excluded.unpriced_requests
+), last_use AS (
+    UPDATE api_keys k SET last_used_at = GREATEST(k.last_used_at, u.last)
+    FROM (SELECT key_id, max(started_at) AS last FROM inserted GROUP BY key_id) u
+    WHERE k.id = u.key_id
+)
+SELECT meter_settle(COALESCE(
+    (SELECT jsonb_agg(s) FROM jsonb_array_elements(CAST(:settlements AS jsonb)) s
+     WHERE s->>'request_id' IN (SELECT request_id FROM inserted)),
+    '[]'::jsonb))
+"""
+)
 
 
-async def insert_usage_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert ledger rows; a row whose request_id is already there is skipped (retries are safe)."""
-    await conn.execute(_insert_usage, list(rows))
-
-
-_settle = text("SELECT meter_settle(CAST(:batch AS jsonb))")
-
-
-async def settle(conn: AsyncConnection, settlements: Sequence[dict[str, Any]]) -> None:
-    """Release the reservations of finished requests and count their actual usage (see meter_settle)."""
-    await conn.execute(_settle, {"batch": json.dumps(list(settlements))})
+async def write_ledger_batch(
+    conn: AsyncConnection, rows: Sequence[dict[str, Any]], settlements: Sequence[dict[str, Any]]
+) -> None:
+    """Write ledger rows, their rollups and their settlements (see _WRITE_BATCH)."""
+    columns: dict[str, Any] = {name: [row[name] for row in rows] for name in LEDGER_COLUMNS}
+    await conn.execute(_WRITE_BATCH, {**columns, "settlements": json.dumps(list(settlements))})
 
 
 async def load_prices(conn: AsyncConnection) -> list[Price]:

@@ -1,6 +1,7 @@
 """Stage 1 of the request path: who is calling. Tenant keys are looked up by hash and cached per
-process for `ttl_s`, so a revocation, suspension or expiry takes effect within that time on every
-process, at the cost of one small query per key per `ttl_s`."""
+process. Every admin change to keys, tenants or limits is announced with Postgres NOTIFY; each
+process LISTENs and drops what changed at once. The cache also expires entries after `ttl_s` as a
+safety net, and after one second while the listening connection is down."""
 
 from __future__ import annotations
 
@@ -10,17 +11,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meter.credentials import hash_key
 from meter.db.engine import once_more_if_disconnected
+from meter.db.notices import KEYS_CHANNEL
 from meter.db.queries import key_by_hash
 from meter.errors import AuthenticationFailed, Overloaded, PermissionDenied
 from meter.metrics import Metrics
 
 MAX_CACHED_KEYS = 100_000
 STALE_IF_ERROR_S = 300.0
+# Cache lifetime while notifications cannot be received.
+UNLISTENED_TTL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -54,11 +59,15 @@ def credential(headers: dict[bytes, bytes]) -> str | None:
 
 
 class KeyCache:
-    def __init__(self, engine: AsyncEngine, metrics: Metrics, ttl_s: float = 1.0) -> None:
+    def __init__(self, engine: AsyncEngine, metrics: Metrics, ttl_s: float = 10.0) -> None:
         self._engine = engine
         self._metrics = metrics
-        self._ttl_s = ttl_s
+        self._listening_ttl_s = ttl_s
+        self._ttl_s = UNLISTENED_TTL_S
+        # key hash -> (when read, what was read); `_stale` marks entries to re-read, which are kept
+        # to serve while Postgres cannot answer.
         self._entries: dict[str, tuple[float, _KeyRecord | None]] = {}
+        self._stale: set[str] = set()
         # Concurrent first requests with one key share one query.
         self._loading: dict[str, asyncio.Future[_KeyRecord | None]] = {}
 
@@ -76,16 +85,16 @@ class KeyCache:
         return record.caller
 
     def forget(self, key_hash: str | None = None) -> None:
-        """Drop one cached key (or all), so the next request reads Postgres."""
+        """Make the next request with this key (or any key) read Postgres again."""
         if key_hash is None:
-            self._entries.clear()
-        else:
-            self._entries.pop(key_hash, None)
+            self._stale.update(self._entries)
+        elif key_hash in self._entries:
+            self._stale.add(key_hash)
 
     async def _lookup(self, key_hash: str) -> _KeyRecord | None:
         cached = self._entries.get(key_hash)
         now = time.monotonic()
-        if cached is not None and now - cached[0] < self._ttl_s:
+        if cached is not None and now - cached[0] < self._ttl_s and key_hash not in self._stale:
             return cached[1]
         loading = self._loading.get(key_hash)
         if loading is not None:
@@ -97,7 +106,8 @@ class KeyCache:
         self._loading[key_hash] = future
         try:
             self._metrics.db_round_trips.labels("key_lookup").inc()
-            record = _record(await once_more_if_disconnected(self._engine, lambda conn: key_by_hash(conn, key_hash)))
+            row = await once_more_if_disconnected(self._engine, lambda conn: key_by_hash(conn, key_hash))
+            record = _record(row, key_hash)
         except (DBAPIError, OSError) as exc:
             future.cancel()
             # Postgres briefly away: keep serving keys seen recently rather than refuse everyone.
@@ -112,13 +122,49 @@ class KeyCache:
         future.set_result(record)
         if len(self._entries) >= MAX_CACHED_KEYS:
             self._entries.clear()
+            self._stale.clear()
         self._entries[key_hash] = (now, record)
+        self._stale.discard(key_hash)
         return record
 
+    async def listen(self, database_url: str) -> None:
+        """Follow key changes announced on KEYS_CHANNEL; reconnect on loss. Runs until cancelled."""
+        while True:
+            try:
+                connection = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+            except (OSError, asyncpg.PostgresError):
+                await asyncio.sleep(1.0)
+                continue
+            lost = asyncio.Event()
+            connection.add_termination_listener(lambda _, lost=lost: lost.set())
+            try:
+                await connection.add_listener(KEYS_CHANNEL, self._on_notice)
+                # Anything may have changed while not listening.
+                self.forget()
+                self._ttl_s = self._listening_ttl_s
+                await lost.wait()
+            except (OSError, asyncpg.PostgresError):
+                pass
+            finally:
+                self._ttl_s = UNLISTENED_TTL_S
+                if not connection.is_closed():
+                    connection.terminate()
+            await asyncio.sleep(0.5)
 
-def _record(row: dict[str, Any] | None) -> _KeyRecord | None:
+    def _on_notice(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        self.forget(None if payload == "*" else payload)
+
+
+def _record(row: dict[str, Any] | None, key_hash: str) -> _KeyRecord | None:
     if row is None:
         return None
+    expires_at = row["expires_at"]
+    if row["key_hash"] != key_hash:
+        # The previous secret of a rotated key: valid until its grace period ends.
+        grace = row["previous_valid_until"]
+        if grace is None:
+            return None
+        expires_at = grace if expires_at is None else min(expires_at, grace)
     allowed = row["allowed_models"]
     return _KeyRecord(
         caller=Caller(
@@ -134,5 +180,5 @@ def _record(row: dict[str, Any] | None) -> _KeyRecord | None:
         ),
         active=row["status"] == "active",
         tenant_active=row["tenant_status"] == "active",
-        expires_at=row["expires_at"],
+        expires_at=expires_at,
     )

@@ -51,6 +51,7 @@ PERIOD_WORDS = {
 @dataclass(frozen=True)
 class Hold:
     id: str
+    request_id: str
     subjects: tuple[str, ...]
     day: str
     month: str
@@ -58,6 +59,7 @@ class Hold:
     def settlement(self, tokens: int, usd: Decimal | None) -> dict[str, Any]:
         return {
             "hold": self.id,
+            "request_id": self.request_id,
             "subjects": list(self.subjects),
             "day": self.day,
             "month": self.month,
@@ -109,7 +111,7 @@ class Limiter:
             refusal = answer["refusal"]
             self._metrics.limit_rejections.labels(refusal["reason"]).inc()
             raise refusal_error(refusal)
-        exchange.hold = Hold(hold_id, caller.limit_subjects, answer["day"], answer["month"])
+        exchange.hold = Hold(hold_id, exchange.request_id, caller.limit_subjects, answer["day"], answer["month"])
         exchange.response_headers = ratelimit_headers(answer)
 
     def _worst_case(self, exchange: Exchange, body: bytes, max_tokens: int) -> tuple[int, Decimal]:

@@ -20,8 +20,9 @@ from tests.support import Process, free_port, wait_for_http
 
 
 def meter_cli(database_url: str, *args: str) -> Any:
+    """Run an operator command and parse its JSON output."""
     done = subprocess.run(
-        [sys.executable, "-m", "meter", *args],
+        [sys.executable, "-m", "meter", *args, "--format", "json"],
         env={**os.environ, "METER_DATABASE_URL": database_url},
         capture_output=True,
         text=True,

@@ -1,0 +1,79 @@
+"""The audit log: who changed what, when, through the operator API or the CLI."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, get
+from litestar.params import Parameter
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from meter.credentials import new_id
+from meter.db.models import audit_log
+
+
+def token_actor(admin_token: str) -> str:
+    """Names the admin token without revealing it."""
+    return "admin-token:" + hashlib.sha256(admin_token.encode()).hexdigest()[:8]
+
+
+def cli_actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+async def record(
+    conn: AsyncConnection, actor: str, action: str, subject_id: str | None, details: dict[str, Any] | None = None
+) -> None:
+    """Add an audit entry in the caller's transaction: it exists exactly when the change does."""
+    await conn.execute(
+        insert(audit_log).values(
+            id=new_id("audit"),
+            actor=actor,
+            action=action,
+            subject_id=subject_id,
+            details=msgspec.to_builtins(details or {}),
+        )
+    )
+
+
+class AuditEntry(msgspec.Struct):
+    id: str
+    at: datetime
+    actor: str
+    action: str
+    subject_id: str | None
+    details: dict[str, Any]
+
+
+class AuditPage(msgspec.Struct):
+    data: list[AuditEntry]
+    next_cursor: str | None
+
+
+async def list_audit(conn: AsyncConnection, subject_id: str | None, after: str | None, limit: int) -> AuditPage:
+    query = select(audit_log).order_by(audit_log.c.id).limit(limit + 1)
+    if subject_id:
+        query = query.where(audit_log.c.subject_id == subject_id)
+    if after:
+        query = query.where(audit_log.c.id > after)
+    rows = (await conn.execute(query)).mappings().all()
+    entries = [AuditEntry(**row) for row in rows[:limit]]
+    return AuditPage(data=entries, next_cursor=entries[-1].id if len(rows) > limit else None)
+
+
+class AuditController(Controller):
+    @get("/audit", summary="Admin changes, oldest first, with cursor pagination")
+    async def list(
+        self,
+        db: AsyncEngine,
+        subject_id: str | None = None,
+        after: str | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    ) -> AuditPage:
+        async with db.connect() as conn:
+            return await list_audit(conn, subject_id, after, limit)

@@ -1,0 +1,138 @@
+"""Monthly statements: one line per model and price, with the four token kinds, their unit prices
+and exact costs; the total is the sum of the month's ledger rows to the last digit. UTC months."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Literal
+
+import msgspec
+from litestar import Controller, MediaType, Response, get
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from meter.admin.tenants import get_tenant
+from meter.admin.usage import money
+from meter.errors import InvalidRequest
+
+
+class StatementLine(msgspec.Struct):
+    model: str | None
+    price_effective_from: datetime | None  # null: the model had no price
+    requests: int
+    input_tokens: int
+    input_per_mtok: str | None
+    cache_write_5m_tokens: int
+    cache_write_5m_per_mtok: str | None
+    cache_write_1h_tokens: int
+    cache_write_1h_per_mtok: str | None
+    cache_read_tokens: int
+    cache_read_per_mtok: str | None
+    output_tokens: int
+    output_per_mtok: str | None
+    cost_usd: str | None  # null when no request of the line could be priced
+    unpriced_requests: int
+
+
+class Statement(msgspec.Struct):
+    tenant_id: str
+    tenant_name: str
+    month: str
+    currency: str
+    lines: list[StatementLine]
+    total_usd: str
+
+
+# Each ledger row joined to the price in effect when it started; lines group rows by model and
+# price. Costs are the rows' own exact costs, summed: a statement never re-prices.
+_LINES = text(
+    """
+SELECT e.model, p.effective_from, count(*) AS requests,
+       sum(e.input_tokens) AS input_tokens, sum(e.cache_creation_5m_input_tokens) AS cache_write_5m_tokens,
+       sum(e.cache_creation_1h_input_tokens) AS cache_write_1h_tokens,
+       sum(e.cache_read_input_tokens) AS cache_read_tokens, sum(e.output_tokens) AS output_tokens,
+       p.input_per_mtok, p.cache_write_5m_per_mtok, p.cache_write_1h_per_mtok, p.cache_read_per_mtok,
+       p.output_per_mtok, sum(e.cost_usd) AS cost_usd, count(*) FILTER (WHERE e.cost_usd IS NULL) AS unpriced
+FROM usage_events e
+LEFT JOIN LATERAL (
+    SELECT * FROM prices WHERE prices.model = e.model AND prices.effective_from <= e.started_at
+    ORDER BY prices.effective_from DESC LIMIT 1
+) p ON true
+WHERE e.tenant_id = :tenant AND e.started_at >= :start AND e.started_at < :end
+GROUP BY e.model, p.effective_from, p.input_per_mtok, p.cache_write_5m_per_mtok, p.cache_write_1h_per_mtok,
+         p.cache_read_per_mtok, p.output_per_mtok
+ORDER BY e.model NULLS LAST, p.effective_from NULLS FIRST
+"""
+)
+
+
+def month_bounds(month: str) -> tuple[datetime, datetime]:
+    try:
+        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
+    except ValueError:
+        raise InvalidRequest("month: expected YYYY-MM, e.g. 2026-11") from None
+    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    return start, end
+
+
+def _price(value: Decimal | None) -> str | None:
+    return None if value is None else f"{value.normalize():f}"
+
+
+async def statement(conn: AsyncConnection, tenant_id: str, month: str) -> Statement:
+    tenant = await get_tenant(conn, tenant_id)
+    start, end = month_bounds(month)
+    rows = (await conn.execute(_LINES, {"tenant": tenant_id, "start": start, "end": end})).mappings().all()
+    lines = [
+        StatementLine(
+            model=row["model"],
+            price_effective_from=row["effective_from"],
+            requests=row["requests"],
+            input_tokens=row["input_tokens"],
+            input_per_mtok=_price(row["input_per_mtok"]),
+            cache_write_5m_tokens=row["cache_write_5m_tokens"],
+            cache_write_5m_per_mtok=_price(row["cache_write_5m_per_mtok"]),
+            cache_write_1h_tokens=row["cache_write_1h_tokens"],
+            cache_write_1h_per_mtok=_price(row["cache_write_1h_per_mtok"]),
+            cache_read_tokens=row["cache_read_tokens"],
+            cache_read_per_mtok=_price(row["cache_read_per_mtok"]),
+            output_tokens=row["output_tokens"],
+            output_per_mtok=_price(row["output_per_mtok"]),
+            cost_usd=money(row["cost_usd"]),
+            unpriced_requests=row["unpriced"],
+        )
+        for row in rows
+    ]
+    total = sum((row["cost_usd"] for row in rows if row["cost_usd"] is not None), Decimal(0))
+    return Statement(tenant.id, tenant.name, month, "USD", lines, money(total) or "0.00")
+
+
+def statement_csv(report: Statement) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    fields = list(StatementLine.__struct_fields__)
+    writer.writerow(fields)
+    for line in report.lines:
+        values = msgspec.to_builtins(line)
+        writer.writerow(["" if values[name] is None else values[name] for name in fields])
+    writer.writerow(["TOTAL", *([""] * (len(fields) - 2)), report.total_usd])
+    return out.getvalue()
+
+
+class StatementController(Controller):
+    @get("/tenants/{tenant_id:str}/statement", summary="A tenant's monthly statement, JSON or CSV")
+    async def get(
+        self, tenant_id: str, month: str, db: AsyncEngine, format: Literal["json", "csv"] = "json"
+    ) -> Response[bytes]:
+        async with db.connect() as conn:
+            report = await statement(conn, tenant_id, month)
+        if format == "csv":
+            return Response(
+                statement_csv(report).encode(),
+                media_type="text/csv",
+                headers={"content-disposition": f'attachment; filename="{tenant_id}-{month}.csv"'},
+            )
+        return Response(msgspec.json.encode(report), media_type=MediaType.JSON)

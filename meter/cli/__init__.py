@@ -1,0 +1,35 @@
+"""The `meter` command: serve the gateway, migrate the database, run the demo upstream
+(serve.py), and everything an operator does: tenants, keys, limits, credit, usage, statements
+(operator.py)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from meter.cli import operator, serve
+from meter.errors import MeterError
+from meter.settings import ConfigError
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="meter", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    serve.register(commands)
+    operator.register(commands)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "httpx"):  # httpx logs every request at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        args.run(args)
+    except ConfigError as exc:
+        print(f"meter: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except MeterError as exc:
+        print(f"meter: {exc.message}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        pass

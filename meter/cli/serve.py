@@ -1,0 +1,172 @@
+"""`meter serve`, `meter db upgrade|check` and `meter demo-upstream`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from meter.cli import common
+from meter.settings import ConfigError, Settings
+
+DEMO_UPSTREAM_KEY = "sk-ant-demo-operator-key"
+
+
+def register(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--demo", action="store_true", help="start the built-in demo upstream and a demo tenant")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--upstream-url")
+    serve.add_argument("--database-url")
+    serve.add_argument("--data-dir", type=Path)
+    serve.set_defaults(run=_serve)
+
+    db = commands.add_parser("db", help="database migrations").add_subparsers(required=True, metavar="ACTION")
+    db.add_parser("upgrade", help="migrate to the latest schema").set_defaults(run=_db_upgrade)
+    db.add_parser("check", help="fail if models and migrations differ").set_defaults(run=_db_check)
+
+    demo = commands.add_parser("demo-upstream", help="run the Anthropic-compatible demo upstream")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8081)
+    demo.add_argument("--api-key", help="require this x-api-key")
+    demo.add_argument("--latency-ms", type=float, default=0.0)
+    demo.add_argument("--tokens-per-second", type=float, default=0.0)
+    demo.add_argument("--output-tokens", type=int, default=12)
+    demo.set_defaults(run=_demo_upstream)
+
+
+def _db_upgrade(args: argparse.Namespace) -> None:
+    from meter.db import migrate
+
+    migrate.upgrade(common.database_url(common.settings(args)))
+
+
+def _db_check(args: argparse.Namespace) -> None:
+    from meter.db import migrate
+
+    migrate.check(common.database_url(common.settings(args)))
+
+
+def _demo_upstream(args: argparse.Namespace) -> None:
+    from meter.upstream_demo import DemoConfig, run_demo_upstream
+
+    config = DemoConfig(
+        api_key=args.api_key,
+        latency_ms=args.latency_ms,
+        tokens_per_second=args.tokens_per_second,
+        output_tokens=args.output_tokens,
+    )
+    run_demo_upstream(args.host, args.port, config)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    settings = common.settings(args)
+    demo: subprocess.Popen[bytes] | None = None
+    if args.demo and not os.environ.get("METER_UPSTREAM_URL") and not args.upstream_url:
+        demo, upstream_url = _start_demo_upstream()
+        settings = common.settings(args, upstream_url=upstream_url, upstream_api_key=DEMO_UPSTREAM_KEY)
+    if not settings.upstream_api_key:
+        raise ConfigError("METER_UPSTREAM_API_KEY is required (or run `meter serve --demo`)")
+    try:
+        _run_gateway(settings, demo_mode=args.demo)
+    finally:
+        if demo is not None:
+            demo.terminate()
+            demo.wait(5)
+
+
+def _run_gateway(settings: Settings, demo_mode: bool) -> None:
+    import uvicorn
+
+    from meter.app import create_app
+    from meter.db import migrate
+
+    url = common.database_url(settings)
+    migrate.upgrade(url)
+    token_was_new = not settings.admin_token and not (settings.data_dir / "admin_token").exists()
+    settings = replace(settings, database_url=url).with_admin_token()
+    base = f"http://{settings.host}:{settings.port}"
+    if token_was_new:
+        print(f"Admin token (stored in {settings.data_dir / 'admin_token'}; shown once):\n  {settings.admin_token}\n")
+    if demo_mode:
+        _print_demo_instructions(base, _demo_key(settings), settings.data_dir)
+    # uvicorn re-raises SIGTERM once its graceful shutdown is done; exit normally then, so that
+    # atexit handlers run (they stop the embedded Postgres).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        # The upstream's own Date and Server headers are relayed instead.
+        server_header=False,
+        date_header=False,
+        log_level="warning",
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+    )
+
+
+def _start_demo_upstream() -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "meter", "demo-upstream", "--port", str(port), "--api-key", DEMO_UPSTREAM_KEY]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as client:
+            if client.connect_ex(("127.0.0.1", port)) == 0:
+                return process, f"http://127.0.0.1:{port}"
+        time.sleep(0.05)
+    process.kill()
+    raise ConfigError("the demo upstream did not start")
+
+
+def _demo_key(settings: Settings) -> str:
+    """The demo tenant's key, created on the first demo start and kept in the data dir."""
+    path = settings.data_dir / "demo_key"
+    if path.exists():
+        return path.read_text().strip()
+    from meter.admin.audit import cli_actor
+    from meter.admin.keys import KeyCreate, issue_key
+    from meter.admin.tenants import create_tenant
+
+    async def work(conn: AsyncConnection) -> str:
+        tenant = await create_tenant(conn, "demo", cli_actor())
+        return (await issue_key(conn, tenant.id, KeyCreate(name="demo"), cli_actor())).key
+
+    secret = common.in_transaction(settings, work)
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    return secret
+
+
+def _print_demo_instructions(base: str, key: str, data_dir: Path) -> None:
+    print(
+        f"""meter is running in demo mode at {base} (upstream: the built-in demo API).
+Demo tenant key: {key}
+
+  curl {base}/v1/messages \\
+    -H "x-api-key: {key}" -H "anthropic-version: 2023-06-01" -H "content-type: application/json" \\
+    -d '{{"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+  python -c 'import anthropic; c = anthropic.Anthropic(base_url="{base}", api_key="{key}"); \\
+print(c.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=[{{"role": "user", "content": "Hi"}}]))'
+
+Usage so far: curl {base}/admin/usage/events -H "Authorization: Bearer $(cat {data_dir}/admin_token)"
+""",
+        flush=True,
+    )
