@@ -16,6 +16,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import Receive, Scope, Send
 from prometheus_client import CollectorRegistry, make_asgi_app
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meter.admin.audit import AuditController, token_actor
@@ -191,6 +192,9 @@ def _render_error(request: Request, exc: Exception) -> Response[bytes]:  # type:
 def _as_meter_error(exc: Exception) -> MeterError:
     if isinstance(exc, MeterError):
         return exc
+    if _is_data_error(exc):
+        # Postgres refused a value (a NUL character in a path, a number too large): the request's fault.
+        return InvalidRequest("A value in the request cannot be stored: a character or a number is out of range.")
     if isinstance(exc, ValidationException):
         detail = "; ".join(
             f"{e.get('key', 'body')}: {e.get('message')}" for e in (exc.extra or []) if isinstance(e, dict)
@@ -200,13 +204,23 @@ def _as_meter_error(exc: Exception) -> MeterError:
         if exc.status_code == 404:
             return NotFound("Not found: no such endpoint.")
         if exc.status_code == 405:
-            return MethodNotAllowed(exc.detail)
+            return MethodNotAllowed(exc.detail, {"allow": (exc.headers or {}).get("allow", "")})
         if exc.status_code == 413:
             return RequestTooLarge(exc.detail)
         if exc.status_code < 500:
             return InvalidRequest(exc.detail)
     log.error("unexpected error", exc_info=exc)
     return InternalError("Internal error in meter.")
+
+
+def _is_data_error(exc: Exception) -> bool:
+    """Postgres's class 22 (data exception), however the driver wrapped it."""
+    if isinstance(exc, UnicodeEncodeError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    causes = (exc.orig, getattr(exc.orig, "__cause__", None))
+    return any(str(getattr(cause, "sqlstate", "")).startswith("22") for cause in causes)
 
 
 async def _reload_prices(parts: Parts) -> None:

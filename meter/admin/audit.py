@@ -13,6 +13,7 @@ from litestar.params import Parameter
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from meter.admin.schema import ERRORS
 from meter.credentials import new_id
 from meter.db.models import audit_log
 
@@ -67,7 +68,7 @@ async def list_audit(conn: AsyncConnection, subject_id: str | None, after: str |
 
 
 class AuditController(Controller):
-    @get("/audit", summary="Admin changes, oldest first, with cursor pagination")
+    @get("/audit", summary="Admin changes, oldest first, with cursor pagination", responses=ERRORS)
     async def list(
         self,
         db: AsyncEngine,

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from meter.admin import audit
 from meter.admin.limits import ensure_limits_row, tenant_of
+from meter.admin.schema import ERRORS, SignedUsd, Text, check_usd
 from meter.admin.usage import money
 from meter.credentials import new_id
 from meter.db import notices
@@ -21,8 +22,11 @@ from meter.proxy.auth import KeyCache
 
 
 class TopUp(msgspec.Struct):
-    amount_usd: Decimal
-    note: str | None = None
+    amount_usd: SignedUsd
+    note: Text | None = None
+
+    def __post_init__(self) -> None:
+        check_usd("amount_usd", self.amount_usd, allow_negative=True)
 
 
 class Balance(msgspec.Struct):
@@ -74,14 +78,23 @@ async def read_balance(conn: AsyncConnection, tenant_id: str) -> Balance:
 
 
 class CreditController(Controller):
-    @post("/tenants/{tenant_id:str}/credits", summary="Top up (or adjust) a tenant's prepaid credit", status_code=200)
+    @post(
+        "/tenants/{tenant_id:str}/credits",
+        summary="Top up (or adjust) a tenant's prepaid credit",
+        status_code=200,
+        responses=ERRORS,
+    )
     async def top_up(self, tenant_id: str, data: TopUp, db: AsyncEngine, keys: KeyCache, actor: str) -> Balance:
         async with db.begin() as conn:
             balance = await add_credit(conn, tenant_id, data, actor)
         keys.forget()
         return balance
 
-    @get("/tenants/{tenant_id:str}/balance", summary="A tenant's prepaid credit: balance, held by requests in flight")
+    @get(
+        "/tenants/{tenant_id:str}/balance",
+        summary="A tenant's prepaid credit: balance, held by requests in flight",
+        responses=ERRORS,
+    )
     async def balance(self, tenant_id: str, db: AsyncEngine) -> Balance:
         async with db.connect() as conn:
             return await read_balance(conn, tenant_id)

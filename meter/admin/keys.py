@@ -17,6 +17,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from meter.admin import audit
+from meter.admin.schema import ERRORS, ModelId, Text
 from meter.admin.tenants import get_tenant
 from meter.credentials import display_prefix, generate_key, hash_key, new_id
 from meter.db import notices
@@ -26,9 +27,9 @@ from meter.proxy.auth import KeyCache
 
 
 class KeyCreate(msgspec.Struct):
-    name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    name: Text | None = None
     expires_at: datetime | None = None
-    allowed_models: list[Annotated[str, msgspec.Meta(min_length=1)]] | None = None
+    allowed_models: list[ModelId] | None = None
 
 
 class KeyRotate(msgspec.Struct):
@@ -139,12 +140,12 @@ async def _change(conn: AsyncConnection, key_id: str, **values: Any) -> Any:
 
 
 class KeyController(Controller):
-    @post("/tenants/{tenant_id:str}/keys", summary="Issue a key; the secret is in `key`, shown once")
+    @post("/tenants/{tenant_id:str}/keys", summary="Issue a key; the secret is in `key`, shown once", responses=ERRORS)
     async def issue(self, tenant_id: str, data: KeyCreate, db: AsyncEngine, actor: str) -> IssuedKey:
         async with db.begin() as conn:
             return await issue_key(conn, tenant_id, data, actor)
 
-    @get("/tenants/{tenant_id:str}/keys", summary="A tenant's keys (never their secrets)")
+    @get("/tenants/{tenant_id:str}/keys", summary="A tenant's keys (never their secrets)", responses=ERRORS)
     async def list(
         self,
         tenant_id: str,
@@ -155,14 +156,19 @@ class KeyController(Controller):
         async with db.connect() as conn:
             return await list_keys(conn, tenant_id, after, limit)
 
-    @post("/keys/{key_id:str}/revoke", summary="Revoke a key on every meter process", status_code=200)
+    @post("/keys/{key_id:str}/revoke", summary="Revoke a key on every meter process", status_code=200, responses=ERRORS)
     async def revoke(self, key_id: str, db: AsyncEngine, keys: KeyCache, actor: str) -> ApiKey:
         async with db.begin() as conn:
             key = await revoke_key(conn, key_id, actor)
         keys.forget()
         return key
 
-    @post("/keys/{key_id:str}/rotate", summary="New secret; the old one works for grace_period_s", status_code=200)
+    @post(
+        "/keys/{key_id:str}/rotate",
+        summary="New secret; the old one works for grace_period_s",
+        status_code=200,
+        responses=ERRORS,
+    )
     async def rotate(
         self, key_id: str, db: AsyncEngine, keys: KeyCache, actor: str, data: KeyRotate | None = None
     ) -> IssuedKey:

@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from meter.admin import audit
+from meter.admin.schema import ERRORS, Usd, check_usd
 from meter.admin.usage import money
 from meter.db import notices
 from meter.db.models import api_keys, limits, tenants, usage_events
@@ -40,15 +41,12 @@ class LimitsSpec(msgspec.Struct):
     max_concurrent_requests: Count | None = None
     tokens_per_day: Count | None = None
     tokens_per_month: Count | None = None
-    budget_usd_per_day: Decimal | None = None
-    budget_usd_per_month: Decimal | None = None
+    budget_usd_per_day: Usd | None = None
+    budget_usd_per_month: Usd | None = None
 
     def __post_init__(self) -> None:
-        # msgspec constrains numbers but not Decimals: check these here.
-        for name in ("budget_usd_per_day", "budget_usd_per_month"):
-            value = getattr(self, name)
-            if value is not None and (not value.is_finite() or value < 0):
-                raise ValueError(f"{name}: must be a non-negative amount")
+        check_usd("budget_usd_per_day", self.budget_usd_per_day)
+        check_usd("budget_usd_per_month", self.budget_usd_per_month)
 
 
 class PeriodUsage(msgspec.Struct):
@@ -173,22 +171,26 @@ def _period(current: bool | None, tokens: int, usd: Decimal) -> PeriodUsage:
 
 
 class LimitsController(Controller):
-    @put("/tenants/{tenant_id:str}/limits", summary="Set a tenant's limits (null = no limit)")
+    @put("/tenants/{tenant_id:str}/limits", summary="Set a tenant's limits (null = no limit)", responses=ERRORS)
     async def put_tenant(
         self, tenant_id: str, data: LimitsSpec, db: AsyncEngine, keys: KeyCache, actor: str
     ) -> LimitsView:
         return await _put(db, keys, _tenant_subject(tenant_id), data, actor)
 
-    @get("/tenants/{tenant_id:str}/limits", summary="A tenant's limits and its usage today and this month")
+    @get(
+        "/tenants/{tenant_id:str}/limits",
+        summary="A tenant's limits and its usage today and this month",
+        responses=ERRORS,
+    )
     async def get_tenant(self, tenant_id: str, db: AsyncEngine) -> LimitsView:
         async with db.connect() as conn:
             return await read_limits(conn, _tenant_subject(tenant_id))
 
-    @put("/keys/{key_id:str}/limits", summary="Set a key's limits (null = no limit)")
+    @put("/keys/{key_id:str}/limits", summary="Set a key's limits (null = no limit)", responses=ERRORS)
     async def put_key(self, key_id: str, data: LimitsSpec, db: AsyncEngine, keys: KeyCache, actor: str) -> LimitsView:
         return await _put(db, keys, _key_subject(key_id), data, actor)
 
-    @get("/keys/{key_id:str}/limits", summary="A key's limits and its usage today and this month")
+    @get("/keys/{key_id:str}/limits", summary="A key's limits and its usage today and this month", responses=ERRORS)
     async def get_key(self, key_id: str, db: AsyncEngine) -> LimitsView:
         async with db.connect() as conn:
             return await read_limits(conn, _key_subject(key_id))

@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from meter.admin import audit
+from meter.admin.schema import ERRORS, MAX_PRICE, ModelId, PerMillionTokens, check_usd
 from meter.db.models import prices
 from meter.db.queries import load_prices
 from meter.errors import InvalidRequest
@@ -32,19 +33,20 @@ CACHE_MULTIPLIERS = {"cache_write_5m": Decimal("1.25"), "cache_write_1h": Decima
 
 
 class PriceSpec(msgspec.Struct):
-    model: str
-    input_per_mtok: Decimal
-    output_per_mtok: Decimal
-    cache_write_5m_per_mtok: Decimal | None = None
-    cache_write_1h_per_mtok: Decimal | None = None
-    cache_read_per_mtok: Decimal | None = None
+    model: ModelId
+    input_per_mtok: PerMillionTokens
+    output_per_mtok: PerMillionTokens
+    cache_write_5m_per_mtok: PerMillionTokens | None = None
+    cache_write_1h_per_mtok: PerMillionTokens | None = None
+    cache_read_per_mtok: PerMillionTokens | None = None
     effective_from: datetime | None = None  # default: now
 
     def __post_init__(self) -> None:
         for name in PRICE_FIELDS:
             value = getattr(self, name)
-            if value is not None and (not value.is_finite() or value < 0 or value.as_tuple().exponent < -6):
-                raise ValueError(f"{name}: must be a non-negative amount with at most 6 decimal places")
+            check_usd(name, value, MAX_PRICE)
+            if value is not None and int(value.as_tuple().exponent) < -6:
+                raise ValueError(f"{name}: at most 6 decimal places")
 
 
 class PriceUpdate(msgspec.Struct):
@@ -124,12 +126,16 @@ async def set_prices(conn: AsyncConnection, update: PriceUpdate, actor: str) -> 
 class PriceController(Controller):
     path = "/prices"
 
-    @get("/", summary="Every price, by model and effective time")
+    @get("/", summary="Every price, by model and effective time", responses=ERRORS)
     async def list(self, db: AsyncEngine) -> PriceList:
         async with db.connect() as conn:
             return await list_prices(conn)
 
-    @put("/", summary="Add or replace prices; each applies to requests that start after its effective_from")
+    @put(
+        "/",
+        summary="Add or replace prices; each applies to requests that start after its effective_from",
+        responses=ERRORS,
+    )
     async def put(self, data: PriceUpdate, db: AsyncEngine, price_table: PriceTable, actor: str) -> PriceList:
         async with db.begin() as conn:
             answer = await set_prices(conn, data, actor)

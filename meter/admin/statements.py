@@ -14,6 +14,7 @@ from litestar import Controller, MediaType, Response, get
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from meter.admin.schema import ERRORS
 from meter.admin.tenants import get_tenant
 from meter.admin.usage import money
 from meter.errors import InvalidRequest
@@ -90,19 +91,19 @@ async def statement(conn: AsyncConnection, tenant_id: str, month: str) -> Statem
         StatementLine(
             model=row["model"],
             price_effective_from=row["effective_from"],
-            requests=row["requests"],
-            input_tokens=row["input_tokens"],
+            requests=int(row["requests"]),
+            input_tokens=int(row["input_tokens"]),
             input_per_mtok=_price(row["input_per_mtok"]),
-            cache_write_5m_tokens=row["cache_write_5m_tokens"],
+            cache_write_5m_tokens=int(row["cache_write_5m_tokens"]),
             cache_write_5m_per_mtok=_price(row["cache_write_5m_per_mtok"]),
-            cache_write_1h_tokens=row["cache_write_1h_tokens"],
+            cache_write_1h_tokens=int(row["cache_write_1h_tokens"]),
             cache_write_1h_per_mtok=_price(row["cache_write_1h_per_mtok"]),
-            cache_read_tokens=row["cache_read_tokens"],
+            cache_read_tokens=int(row["cache_read_tokens"]),
             cache_read_per_mtok=_price(row["cache_read_per_mtok"]),
-            output_tokens=row["output_tokens"],
+            output_tokens=int(row["output_tokens"]),
             output_per_mtok=_price(row["output_per_mtok"]),
             cost_usd=money(row["cost_usd"]),
-            unpriced_requests=row["unpriced"],
+            unpriced_requests=int(row["unpriced"]),
         )
         for row in rows
     ]
@@ -118,12 +119,13 @@ def statement_csv(report: Statement) -> str:
     for line in report.lines:
         values = msgspec.to_builtins(line)
         writer.writerow(["" if values[name] is None else values[name] for name in fields])
-    writer.writerow(["TOTAL", *([""] * (len(fields) - 2)), report.total_usd])
+    total = {"model": "TOTAL", "cost_usd": report.total_usd}
+    writer.writerow([total.get(name, "") for name in fields])
     return out.getvalue()
 
 
 class StatementController(Controller):
-    @get("/tenants/{tenant_id:str}/statement", summary="A tenant's monthly statement, JSON or CSV")
+    @get("/tenants/{tenant_id:str}/statement", summary="A tenant's monthly statement, JSON or CSV", responses=ERRORS)
     async def get(
         self, tenant_id: str, month: str, db: AsyncEngine, format: Literal["json", "csv"] = "json"
     ) -> Response[bytes]:

@@ -12,13 +12,14 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from meter.admin import audit
+from meter.admin.schema import ERRORS, TEXT_PATTERN
 from meter.credentials import new_id
 from meter.db import notices
 from meter.db.models import tenants
 from meter.errors import InvalidRequest, NotFound
 from meter.proxy.auth import KeyCache
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=TEXT_PATTERN)]
 
 
 class TenantCreate(msgspec.Struct):
@@ -104,12 +105,12 @@ async def update_tenant(conn: AsyncConnection, tenant_id: str, change: TenantPat
 class TenantController(Controller):
     path = "/tenants"
 
-    @post("/", summary="Create a tenant")
+    @post("/", summary="Create a tenant", responses=ERRORS)
     async def create(self, data: TenantCreate, db: AsyncEngine, actor: str) -> Tenant:
         async with db.begin() as conn:
             return await create_tenant(conn, data.name, actor)
 
-    @get("/", summary="List tenants, oldest first, with cursor pagination")
+    @get("/", summary="List tenants, oldest first, with cursor pagination", responses=ERRORS)
     async def list(
         self,
         db: AsyncEngine,
@@ -120,12 +121,14 @@ class TenantController(Controller):
         async with db.connect() as conn:
             return await list_tenants(conn, after, limit, status)
 
-    @get("/{tenant_id:str}", summary="Get a tenant")
+    @get("/{tenant_id:str}", summary="Get a tenant", responses=ERRORS)
     async def get(self, tenant_id: str, db: AsyncEngine) -> Tenant:
         async with db.connect() as conn:
             return await get_tenant(conn, tenant_id)
 
-    @patch("/{tenant_id:str}", summary="Rename, suspend (status=suspended) or reactivate (status=active)")
+    @patch(
+        "/{tenant_id:str}", summary="Rename, suspend (status=suspended) or reactivate (status=active)", responses=ERRORS
+    )
     async def patch(self, tenant_id: str, data: TenantPatch, db: AsyncEngine, actor: str, keys: KeyCache) -> Tenant:
         async with db.begin() as conn:
             tenant = await update_tenant(conn, tenant_id, data, actor)

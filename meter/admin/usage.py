@@ -12,6 +12,7 @@ from litestar.params import Parameter
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from meter.admin.schema import ERRORS
 from meter.admin.tenants import get_tenant
 from meter.db.models import usage_daily, usage_events
 from meter.errors import InvalidRequest
@@ -129,14 +130,20 @@ async def tenant_usage(
         .order_by(group)
     )
     rows = (await conn.execute(query)).mappings().all()
+    # sum() of bigints comes back as numeric: counts go out as integers, money as a decimal string.
     data = [
-        UsageRow(**{**row, "group": str(row["group"]), "cost_usd": money(row["cost_usd"]) or "0.00"}) for row in rows
+        UsageRow(
+            **{name: int(value) for name, value in row.items() if name not in ("group", "cost_usd")},
+            group=str(row["group"]),
+            cost_usd=money(row["cost_usd"]) or "0.00",
+        )
+        for row in rows
     ]
     return UsageReport(tenant_id=tenant_id, group_by=group_by, start=start, end=end, data=data)
 
 
 class UsageController(Controller):
-    @get("/tenants/{tenant_id:str}/usage", summary="A tenant's usage by day, model or key (UTC days)")
+    @get("/tenants/{tenant_id:str}/usage", summary="A tenant's usage by day, model or key (UTC days)", responses=ERRORS)
     async def tenant(
         self,
         tenant_id: str,
@@ -148,7 +155,7 @@ class UsageController(Controller):
         async with db.connect() as conn:
             return await tenant_usage(conn, tenant_id, start, end, group_by)
 
-    @get("/usage/events", summary="Ledger rows, oldest first, with cursor pagination")
+    @get("/usage/events", summary="Ledger rows, oldest first, with cursor pagination", responses=ERRORS)
     async def events(
         self,
         db: AsyncEngine,

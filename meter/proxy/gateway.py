@@ -27,6 +27,7 @@ from meter.metrics import Metrics
 from meter.proxy.auth import KeyCache
 from meter.proxy.forward import Upstream
 from meter.proxy.limits import Limiter
+from meter.proxy.models import visible_models
 from meter.proxy.recorder import Exchange, Recorder
 from meter.proxy.relay import relay_stream, relay_whole
 
@@ -69,7 +70,8 @@ class Gateway:
     async def handle(self, scope: Any, receive: Any, send: Any, endpoint: str, method: str) -> None:
         request_id = new_id("req")
         if scope["method"] != method:
-            await send_error(send, MethodNotAllowed(f"Method {scope['method']} not allowed."), request_id)
+            refusal = MethodNotAllowed(f"Method {scope['method']} not allowed.", {"allow": method})
+            await send_error(send, refusal, request_id)
             return
         try:
             caller = await self.keys.authenticate(dict(scope["headers"]))
@@ -104,11 +106,16 @@ class Gateway:
         max_tokens = self._read_fields(exchange, body) if body else 0
         if not self.recorder.ledger.accepting:
             raise Overloaded("meter cannot record usage right now; try again shortly.")
-        if exchange.endpoint != "models":
+        path = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
+        rewrite = None
+        if exchange.endpoint == "models":
+            if exchange.caller.allowed_models is not None:
+                rewrite = visible_models(exchange.caller.allowed_models, path)
+        else:
             await self.limiter.reserve(exchange, body, max_tokens)
         upstream = await self.upstream.send(
             scope["method"],
-            scope.get("raw_path", scope["path"].encode()).decode("latin-1"),
+            path,
             scope["query_string"],
             self.upstream.request_headers(scope["headers"]),
             body,
@@ -119,7 +126,7 @@ class Gateway:
         if exchange.stream and upstream.status_code == 200 and is_sse:
             await relay_stream(exchange, upstream, receive, send, self._drain_s)
         else:
-            await relay_whole(exchange, upstream, send, metered=exchange.endpoint == "messages")
+            await relay_whole(exchange, upstream, send, metered=exchange.endpoint == "messages", rewrite=rewrite)
 
     def _read_fields(self, exchange: Exchange, body: bytes) -> int:
         """Check the fields meter needs; return `max_tokens` (0 when absent: the upstream refuses it)."""

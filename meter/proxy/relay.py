@@ -10,6 +10,7 @@ an `event: error` frame (the 200 is already sent) and the row is flagged partial
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -35,13 +36,22 @@ def _start(exchange: Exchange, upstream: httpx.Response, length: int | None = No
     return {"type": "http.response.start", "status": upstream.status_code, "headers": headers}
 
 
-async def relay_whole(exchange: Exchange, upstream: httpx.Response, send: Any, metered: bool) -> None:
+async def relay_whole(
+    exchange: Exchange,
+    upstream: httpx.Response,
+    send: Any,
+    metered: bool,
+    rewrite: Callable[[bytes], bytes] | None = None,
+) -> None:
+    """Relay a whole answer; `rewrite` may change a successful one (e.g. hide models)."""
     try:
         body = await upstream.aread()
     finally:
         await upstream.aclose()
     if metered:
         _read_json_answer(exchange, upstream.status_code, body)
+    if rewrite is not None and upstream.status_code == 200:
+        body = rewrite(body)
     exchange.first_byte()
     await send(_start(exchange, upstream, len(body)))
     await send({"type": "http.response.body", "body": body})
