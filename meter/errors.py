@@ -105,7 +105,8 @@ class Overloaded(MeterError):
     error_type = "overloaded_error"
 
 
-async def send_error(send: Any, error: MeterError, request_id: str) -> None:
-    """Write `error` as a complete ASGI response (the proxy path renders errors itself)."""
+async def send_error(send: Any, error: MeterError, request_id: str, body: bytes | None = None) -> None:
+    """Write `error` as a complete ASGI response (the proxy path renders errors itself); `body`
+    replaces Anthropic's error format for endpoints that speak another dialect."""
     await send({"type": "http.response.start", "status": error.status, "headers": error.response_headers(request_id)})
-    await send({"type": "http.response.body", "body": error.body(request_id)})
+    await send({"type": "http.response.body", "body": error.body(request_id) if body is None else body})

@@ -19,51 +19,10 @@ import msgspec
 
 from meter.openai_compat.errors import convert_anthropic_error, openai_error
 from meter.openai_compat.response import finish_reason, openai_usage, thinking_tokens, tool_call
+from meter.sse import SSEEvents
 from meter.usage import Usage
 
 _DONE = b"data: [DONE]\n\n"
-
-
-class _EventReader:
-    """Splits an SSE byte stream into (event name, data) pairs; comments and other fields are skipped."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._skip_lf = False
-        self._event = b""
-        self._data: list[bytes] = []
-
-    def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
-        if not chunk:
-            return []  # keeps _skip_lf: an empty chunk between \r and \n must not reset it
-        if self._skip_lf and chunk[:1] == b"\n":
-            chunk = chunk[1:]
-        # A chunk ending in \r may be half of a \r\n: skip the \n if the next chunk starts with it.
-        self._skip_lf = chunk[-1:] == b"\r"
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buffer = self._buffer + chunk if self._buffer else chunk
-        end = buffer.rfind(b"\n")
-        if end < 0:
-            self._buffer = buffer
-            return []
-        self._buffer = buffer[end + 1 :]
-        events: list[tuple[str, bytes]] = []
-        for line in buffer[:end].split(b"\n"):
-            if not line:
-                if self._data:
-                    events.append((self._event.decode("utf-8", "replace"), b"\n".join(self._data)))
-                self._event, self._data = b"", []
-            elif line.startswith(b"data:"):
-                self._data.append(line[6:] if line[5:6] == b" " else line[5:])
-            elif line.startswith(b"event:"):
-                self._event = line[6:].strip()
-        return events
-
-    def close(self) -> list[tuple[str, bytes]]:
-        """End of input: the last line and event count even without their terminators."""
-        self._skip_lf = False
-        return self.feed(b"\n\n")
 
 
 class ChunkTranslator:
@@ -80,7 +39,7 @@ class ChunkTranslator:
         self._stop_reason: str | None = None
         self._done = False  # [DONE] or an error was sent; anything after is ignored
         self._tool_index: dict[Any, int] = {}  # Anthropic content-block index -> OpenAI tool_calls index
-        self._reader = _EventReader()
+        self._reader = SSEEvents()
 
     def feed(self, chunk: bytes) -> bytes:
         """OpenAI SSE bytes to send now for this piece of the Anthropic stream (often b"")."""

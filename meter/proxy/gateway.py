@@ -8,6 +8,7 @@ loop to relay streams unbuffered, notice a client that leaves, and record usage 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -25,14 +26,17 @@ from meter.errors import (
 )
 from meter.metrics import Metrics
 from meter.proxy.auth import KeyCache
+from meter.proxy.dialect import Dialect
 from meter.proxy.forward import Upstream
 from meter.proxy.limits import Limiter
-from meter.proxy.models import visible_models
+from meter.proxy.models import models_answer
 from meter.proxy.recorder import Exchange, Recorder
 from meter.proxy.relay import relay_stream, relay_whole
 
 log = logging.getLogger("meter.proxy")
 
+# Sent upstream for clients of another dialect, which do not send Anthropic's version header.
+ANTHROPIC_VERSION = b"2023-06-01"
 # Past this, a body is not even read to the end: the connection is closed after the 413.
 DISCARD_LIMIT = 512 * 1024 * 1024
 
@@ -67,17 +71,22 @@ class Gateway:
         self._max_body_bytes = max_body_bytes
         self._drain_s = drain_s
 
-    async def handle(self, scope: Any, receive: Any, send: Any, endpoint: str, method: str) -> None:
+    async def handle(
+        self, scope: Any, receive: Any, send: Any, endpoint: str, method: str, dialect: Dialect | None = None
+    ) -> None:
         request_id = new_id("req")
+
+        async def refuse(error: MeterError) -> None:
+            await send_error(send, error, request_id, dialect.error(error, request_id) if dialect else None)
+
         if scope["method"] != method:
-            refusal = MethodNotAllowed(f"Method {scope['method']} not allowed.", {"allow": method})
-            await send_error(send, refusal, request_id)
+            await refuse(MethodNotAllowed(f"Method {scope['method']} not allowed.", {"allow": method}))
             return
         try:
             caller = await self.keys.authenticate(dict(scope["headers"]))
         except MeterError as error:
             self._metrics.requests.labels("unauthenticated", "other", endpoint, str(error.status)).inc()
-            await send_error(send, error, request_id)
+            await refuse(error)
             return
         exchange = Exchange(request_id, caller, endpoint)
         started = False
@@ -89,44 +98,47 @@ class Gateway:
 
         self._metrics.in_flight.inc()
         try:
-            await self._serve(exchange, scope, receive, tracked_send)
+            await self._serve(exchange, scope, receive, tracked_send, dialect)
         except Exception as exc:
             failure = exc if isinstance(exc, MeterError) else InternalError("Internal error in meter.")
             if not isinstance(exc, MeterError):
                 log.exception("request %s failed", request_id)
             exchange.status, exchange.error_type = failure.status, failure.error_type
             if not started:
-                await send_error(send, failure, request_id)
+                await refuse(failure)
         finally:
             self._metrics.in_flight.dec()
             self.recorder.record(exchange)
 
-    async def _serve(self, exchange: Exchange, scope: Any, receive: Any, send: Any) -> None:
+    async def _serve(self, exchange: Exchange, scope: Any, receive: Any, send: Any, dialect: Dialect | None) -> None:
         body = await self._read_body(scope, receive)
+        headers = self.upstream.request_headers(scope["headers"])
+        path = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
+        query = scope["query_string"]
+        if dialect is not None:
+            body, path, query = dialect.request(body), dialect.upstream_path, b""
+            headers.append((b"anthropic-version", ANTHROPIC_VERSION))
         max_tokens = self._read_fields(exchange, body) if body else 0
         if not self.recorder.ledger.accepting:
             raise Overloaded("meter cannot record usage right now; try again shortly.")
-        path = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
-        rewrite = None
+        rewrite: Callable[[int, bytes], bytes] | None = dialect.answer if dialect is not None else None
         if exchange.endpoint == "models":
-            if exchange.caller.allowed_models is not None:
-                rewrite = visible_models(exchange.caller.allowed_models, path)
+            # The documented rule: a models request without Anthropic's version header is an OpenAI client's.
+            openai_client = b"anthropic-version" not in dict(headers)
+            if openai_client:
+                headers.append((b"anthropic-version", ANTHROPIC_VERSION))
+            rewrite = models_answer(exchange.caller.allowed_models, path, openai_client)
         else:
             await self.limiter.reserve(exchange, body, max_tokens)
-        upstream = await self.upstream.send(
-            scope["method"],
-            path,
-            scope["query_string"],
-            self.upstream.request_headers(scope["headers"]),
-            body,
-        )
+        upstream = await self.upstream.send(scope["method"], path, query, headers, body)
         exchange.status = upstream.status_code
         exchange.upstream_request_id = upstream.headers.get("request-id")
         is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
         if exchange.stream and upstream.status_code == 200 and is_sse:
-            await relay_stream(exchange, upstream, receive, send, self._drain_s)
+            translator = dialect.stream() if dialect is not None else None
+            await relay_stream(exchange, upstream, receive, send, self._drain_s, translator)
         else:
-            await relay_whole(exchange, upstream, send, metered=exchange.endpoint == "messages", rewrite=rewrite)
+            await relay_whole(exchange, upstream, send, metered=exchange.billed, rewrite=rewrite)
 
     def _read_fields(self, exchange: Exchange, body: bytes) -> int:
         """Check the fields meter needs; return `max_tokens` (0 when absent: the upstream refuses it)."""
@@ -139,7 +151,7 @@ class Gateway:
         if not isinstance(fields.model, str) or not fields.model:
             raise InvalidRequest("model: Field required")
         exchange.model = fields.model
-        exchange.stream = exchange.endpoint == "messages" and fields.stream is True
+        exchange.stream = exchange.billed and fields.stream is True
         allowed = exchange.caller.allowed_models
         if allowed is not None and fields.model not in allowed:
             raise PermissionDenied(f"This API key is not allowed to use model {fields.model!r}.")

@@ -115,7 +115,7 @@ class Limiter:
         exchange.response_headers = ratelimit_headers(answer)
 
     def _worst_case(self, exchange: Exchange, body: bytes, max_tokens: int) -> tuple[int, Decimal]:
-        if exchange.endpoint != "messages":
+        if not exchange.billed:
             return 0, Decimal(0)  # count_tokens is free: it counts against request limits only
         input_estimate = estimate.input_tokens(body)
         price = self._prices.price_at(exchange.model, datetime.now(UTC))

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from meter.proxy.limits import Hold
 from meter.usage import Usage
 
-# Endpoints Anthropic does not bill: their rows cost exactly zero.
-FREE_ENDPOINTS = frozenset({"count_tokens", "models"})
+# Endpoints that generate tokens; the others (count_tokens, models) are free and cost exactly zero.
+BILLED_ENDPOINTS = frozenset({"messages", "chat.completions"})
 
 
 @dataclass
@@ -44,6 +44,10 @@ class Exchange:
     hold: Hold | None = None
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
+    @property
+    def billed(self) -> bool:
+        return self.endpoint in BILLED_ENDPOINTS
+
     def first_byte(self) -> None:
         if self.ttfb_s is None:
             self.ttfb_s = time.perf_counter() - self.started
@@ -65,7 +69,7 @@ class Recorder:
 
     def _cost(self, exchange: Exchange) -> Decimal | None:
         usage = exchange.usage
-        if exchange.endpoint in FREE_ENDPOINTS or usage.total_tokens == 0:
+        if not exchange.billed or usage.total_tokens == 0:
             return Decimal(0)
         # The model the tenant asked for; else the one the upstream answered with (an alias
         # may resolve to a dated snapshot that has the price).

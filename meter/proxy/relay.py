@@ -16,14 +16,15 @@ from typing import Any
 import httpx
 import msgspec
 
+from meter.proxy.dialect import StreamTranslator
 from meter.proxy.forward import response_headers
 from meter.proxy.recorder import Exchange
 from meter.proxy.sse import StreamUsageReader
 
 _decode = msgspec.json.decode
+UPSTREAM_LOST = "The upstream connection was lost mid-stream."
 UPSTREAM_LOST_FRAME = (
-    b'event: error\ndata: {"type":"error","error":{"type":"api_error",'
-    b'"message":"The upstream connection was lost mid-stream."}}\n\n'
+    b'event: error\ndata: {"type":"error","error":{"type":"api_error","message":"' + UPSTREAM_LOST.encode() + b'"}}\n\n'
 )
 
 
@@ -41,17 +42,17 @@ async def relay_whole(
     upstream: httpx.Response,
     send: Any,
     metered: bool,
-    rewrite: Callable[[bytes], bytes] | None = None,
+    rewrite: Callable[[int, bytes], bytes] | None = None,
 ) -> None:
-    """Relay a whole answer; `rewrite` may change a successful one (e.g. hide models)."""
+    """Relay a whole answer; `rewrite(status, body)` may change it (another dialect, hidden models)."""
     try:
         body = await upstream.aread()
     finally:
         await upstream.aclose()
     if metered:
         _read_json_answer(exchange, upstream.status_code, body)
-    if rewrite is not None and upstream.status_code == 200:
-        body = rewrite(body)
+    if rewrite is not None:
+        body = rewrite(upstream.status_code, body)
     exchange.first_byte()
     await send(_start(exchange, upstream, len(body)))
     await send({"type": "http.response.body", "body": body})
@@ -75,7 +76,15 @@ def _read_json_answer(exchange: Exchange, status: int, body: bytes) -> None:
             exchange.error_type = error["type"]
 
 
-async def relay_stream(exchange: Exchange, upstream: httpx.Response, receive: Any, send: Any, drain_s: float) -> None:
+async def relay_stream(
+    exchange: Exchange,
+    upstream: httpx.Response,
+    receive: Any,
+    send: Any,
+    drain_s: float,
+    translator: StreamTranslator | None = None,
+) -> None:
+    """Relay a stream as it arrives; a `translator` turns it into another dialect's stream."""
     reader = StreamUsageReader()
     client_gone = asyncio.Event()
     relaying = True
@@ -94,7 +103,9 @@ async def relay_stream(exchange: Exchange, upstream: httpx.Response, receive: An
             async for chunk in upstream.aiter_raw():
                 exchange.first_byte()
                 reader.feed(chunk)
-                if not client_gone.is_set():
+                if translator is not None:
+                    chunk = translator.feed(chunk)
+                if chunk and not client_gone.is_set():
                     try:
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     except OSError:  # servers that raise instead of ignoring sends to a gone client
@@ -105,13 +116,16 @@ async def relay_stream(exchange: Exchange, upstream: httpx.Response, receive: An
     except httpx.HTTPError:
         exchange.error_type = "upstream_disconnected"
         if not client_gone.is_set():
-            await send({"type": "http.response.body", "body": UPSTREAM_LOST_FRAME, "more_body": True})
+            lost = translator.fail(UPSTREAM_LOST) if translator is not None else UPSTREAM_LOST_FRAME
+            await send({"type": "http.response.body", "body": lost, "more_body": True})
+            translator = None
     finally:
         relaying = False
         listener.cancel()
         await upstream.aclose()
     if not client_gone.is_set():
-        await send({"type": "http.response.body", "body": b""})
+        tail = translator.finish() if translator is not None else b""
+        await send({"type": "http.response.body", "body": tail})
     exchange.usage, exchange.partial = reader.final_usage()
     exchange.stop_reason = reader.stop_reason
     exchange.response_model = reader.model

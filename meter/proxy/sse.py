@@ -1,8 +1,7 @@
 """An incremental reader of Anthropic's SSE stream that keeps only what metering needs.
 
-Chunks are fed as they pass through the proxy, split anywhere: inside a line, between `\\r` and
-`\\n`, inside a multi-byte character. Line ends may be `\\n`, `\\r\\n` or `\\r`; comments and
-unknown events are skipped. Only `message_start`, `message_delta` and `error` are decoded; the
+Chunks are fed as they pass through the proxy, split anywhere (meter.sse splits them into
+events); unknown events are skipped. Only `message_start`, `message_delta` and `error` are decoded; the
 many `content_block_delta` events are counted, not parsed, to keep the proxy cheap.
 """
 
@@ -10,10 +9,11 @@ from __future__ import annotations
 
 import msgspec
 
+from meter.sse import SSEEvents
 from meter.usage import Usage
 
 _decode = msgspec.json.decode
-_WANTED = frozenset({b"message_start", b"message_delta", b"message_stop", b"error"})
+_WANTED = frozenset({"message_start", "message_delta", "message_stop", "error"})
 
 
 class StreamUsageReader:
@@ -26,53 +26,25 @@ class StreamUsageReader:
         self.saw_delta = False
         self.saw_stop = False
         self.delta_events = 0
-        self._buffer = b""
-        self._skip_lf = False
-        self._event = b""
-        self._data: list[bytes] = []
+        self._events = SSEEvents()
 
     def feed(self, chunk: bytes) -> None:
-        if self._skip_lf and chunk[:1] == b"\n":
-            chunk = chunk[1:]
-        # A chunk ending in \r may be half of a \r\n: skip the \n if the next chunk starts with it.
-        self._skip_lf = chunk[-1:] == b"\r"
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buffer = self._buffer + chunk if self._buffer else chunk
-        end = buffer.rfind(b"\n")
-        if end < 0:
-            self._buffer = buffer
-            return
-        self._buffer = buffer[end + 1 :]
-        for line in buffer[:end].split(b"\n"):
-            self._line(line)
+        for name, data in self._events.feed(chunk):
+            self._dispatch(name, data)
 
-    def _line(self, line: bytes) -> None:
-        if not line:
-            self._dispatch()
-        elif line.startswith(b"data:"):
-            self._data.append(line[6:] if line[5:6] == b" " else line[5:])
-        elif line.startswith(b"event:"):
-            self._event = line[6:].strip()
-        # Anything else is a comment (":...") or a field meter does not use (id, retry).
-
-    def _dispatch(self) -> None:
-        event, data = self._event, self._data
-        self._event, self._data = b"", []
-        if not data:
-            return
-        if event == b"content_block_delta":
+    def _dispatch(self, event: str, data: bytes) -> None:
+        if event == "content_block_delta":
             self.delta_events += 1
             return
         if event and event not in _WANTED:
             return
         try:
-            payload = _decode(b"\n".join(data))
+            payload = _decode(data)
         except msgspec.DecodeError:
             return
         if not isinstance(payload, dict):
             return
-        kind = payload.get("type") if not event else event.decode()
+        kind = event or payload.get("type")
         if kind == "message_start":
             message = payload.get("message") or {}
             self.saw_start = True

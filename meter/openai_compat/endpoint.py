@@ -1,0 +1,63 @@
+"""`POST /v1/chat/completions`: the OpenAI dialect of the gateway (see meter/proxy/dialect.py).
+
+Errors keep their HTTP status and headers (retry-after, rate-limit headers) and take OpenAI's
+shape, so the openai SDK raises the exception that matches the status.
+"""
+
+from __future__ import annotations
+
+import time
+
+from meter.errors import InvalidRequest, MeterError
+from meter.openai_compat.errors import (
+    OpenAIRequestError,
+    UpstreamFormatError,
+    anthropic_error_to_openai,
+    openai_error_body,
+    openai_error_kind,
+)
+from meter.openai_compat.request import to_anthropic
+from meter.openai_compat.response import to_openai
+from meter.openai_compat.stream import ChunkTranslator
+
+
+class InvalidChatRequest(InvalidRequest):
+    """A request the translation refused, naming the parameter as OpenAI's errors do."""
+
+    def __init__(self, message: str, param: str | None, code: str | None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+class ChatCompletions:
+    upstream_path = "/v1/messages"
+
+    def __init__(self) -> None:
+        self._model = ""
+        self._include_usage = False
+        self._created = int(time.time())
+
+    def request(self, body: bytes) -> bytes:
+        try:
+            anthropic_body, self._model, _, self._include_usage = to_anthropic(body)
+        except OpenAIRequestError as exc:
+            raise InvalidChatRequest(exc.message, exc.param, exc.code) from None
+        return anthropic_body
+
+    def answer(self, status: int, body: bytes) -> bytes:
+        if status != 200:
+            return anthropic_error_to_openai(status, body)
+        try:
+            return to_openai(body, self._model, self._created)
+        except UpstreamFormatError:
+            return openai_error_body("The upstream answer was not a message.", "server_error", "bad_upstream")
+
+    def stream(self) -> ChunkTranslator:
+        return ChunkTranslator(self._model, self._created, self._include_usage)
+
+    def error(self, error: MeterError, request_id: str) -> bytes:
+        if isinstance(error, InvalidChatRequest):
+            return openai_error_body(error.message, "invalid_request_error", error.code, error.param)
+        kind, code = openai_error_kind(error.error_type, error.status)
+        return openai_error_body(error.message, kind, code)
