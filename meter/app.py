@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import ASGIRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.types import Receive, Scope, Send
-from prometheus_client import CollectorRegistry, make_asgi_app
+from prometheus_client import CollectorRegistry, make_asgi_app, multiprocess
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -45,6 +46,8 @@ from meter.proxy.routes import proxy_routes
 from meter.settings import Settings
 
 log = logging.getLogger("meter")
+# Set (by `meter serve --workers N`) when worker processes share their metrics through files.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 # Price changes reach every process within this time (the table is small).
 PRICE_REFRESH_S = 1.0
 
@@ -69,8 +72,7 @@ def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -
         raise ValueError("create_app needs settings.database_url (the CLI starts embedded Postgres)")
     engine = create_engine(settings.database_url)
     hot_engine = create_hot_engine(settings.database_url)
-    metrics = Metrics(registry or CollectorRegistry())
-    metrics.build.info({"version": "0.1.0"})
+    metrics = Metrics(registry or CollectorRegistry(), settings.metrics_max_tenants)
     prices = PriceTable()
     keys = KeyCache(hot_engine, metrics, settings.key_cache_ttl_s)
     upstream = Upstream(
@@ -96,6 +98,11 @@ def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -
     return Parts(settings, engine, hot_engine, metrics, prices, keys, upstream, ledger, gateway)
 
 
+def create_app_from_env() -> Litestar:
+    """The app of one worker process of `meter serve --workers N`: settings come from the environment."""
+    return create_app(Settings.from_env())
+
+
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> Litestar:
     parts = build_parts(settings, registry)
     expected_heads = migrate.current_heads(settings.database_url or "")
@@ -118,6 +125,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             await parts.upstream.aclose()
             await parts.engine.dispose()
             await parts.hot_engine.dispose()
+            if MULTIPROCESS_DIR in os.environ:
+                multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     @get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -172,6 +181,10 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
 
 def _metrics_route(registry: CollectorRegistry) -> ASGIRouteHandler:
+    if MULTIPROCESS_DIR in os.environ:
+        # Several worker processes: every scrape reports the sum of their values.
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     exposition = make_asgi_app(registry)
 
     # Annotated wrapper: Litestar inspects handler signatures, and prometheus' app has none.

@@ -6,7 +6,9 @@ are reported as "other".
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from meter import __version__
 
 # LLM calls run from tens of milliseconds to many minutes.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -53,14 +55,22 @@ class Metrics:
         self.upstream_errors = Counter(
             "meter_upstream_errors_total", "Upstream failures by type", ["type"], registry=registry
         )
-        self.in_flight = Gauge("meter_in_flight_requests", "Requests being served", registry=registry)
+        # Gauges say how to add up worker processes (`meter serve --workers N`).
+        self.in_flight = Gauge(
+            "meter_in_flight_requests", "Requests being served", registry=registry, multiprocess_mode="livesum"
+        )
         self.db_round_trips = Counter(
             "meter_db_round_trips_total",
             "Round trips to Postgres made for requests: key lookups, reservations, ledger batches",
             ["purpose"],
             registry=registry,
         )
-        self.ledger_pending = Gauge("meter_ledger_queue_depth", "Ledger rows waiting to be written", registry=registry)
+        self.ledger_pending = Gauge(
+            "meter_ledger_queue_depth",
+            "Ledger rows waiting to be written",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.ledger_written = Counter("meter_ledger_rows_written_total", "Ledger rows written", registry=registry)
         self.ledger_dropped = Counter(
             "meter_ledger_rows_dropped_total", "Ledger rows Postgres refused (must stay 0)", registry=registry
@@ -74,7 +84,9 @@ class Metrics:
         self.ledger_write_errors = Counter(
             "meter_ledger_write_errors_total", "Failed ledger batch writes (retried)", registry=registry
         )
-        self.build = Info("meter_build", "meter version", registry=registry)
+        # An info metric as a gauge: prometheus-client's Info does not work across processes.
+        self.build = Gauge("meter_build_info", "meter version", ["version"], registry=registry, multiprocess_mode="max")
+        self.build.labels(__version__).set(1)
 
     def tenant_label(self, tenant_id: str) -> str:
         if tenant_id in self._tenant_labels:

@@ -49,6 +49,10 @@ class Settings:
     key_cache_ttl_s: float = 10.0
     # Reservations of a process that stops renewing them (it was killed) lapse after this long.
     hold_ttl_s: float = 60.0
+    # Tenants beyond this many share the metric label value "other", keeping series bounded.
+    metrics_max_tenants: int = 100
+    # Worker processes of `meter serve` on one port (one per core).
+    workers: int = 1
     # SIGTERM: how long in-flight requests may take to finish.
     shutdown_grace_s: float = 30.0
 
@@ -60,13 +64,15 @@ class Settings:
             raise ConfigError("METER_DATABASE_URL must be a postgresql:// URL")
         if not 0 < self.port < 65536:
             raise ConfigError(f"METER_PORT must be a port number, got {self.port}")
+        if self.workers < 1:
+            raise ConfigError(f"METER_WORKERS must be at least 1, got {self.workers}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Settings from `METER_*` variables; keyword overrides (CLI flags) win when not None."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
-        for name, cast in _ENV_FIELDS.items():
+        for name, cast in ENV_FIELDS.items():
             raw = env.get(f"METER_{name.upper()}")
             if raw is None or raw == "":
                 continue
@@ -92,7 +98,7 @@ class Settings:
         return replace(self, admin_token=token)
 
 
-_ENV_FIELDS: dict[str, type] = {
+ENV_FIELDS: dict[str, type] = {
     "database_url": str,
     "data_dir": Path,
     "upstream_url": str,
@@ -106,5 +112,7 @@ _ENV_FIELDS: dict[str, type] = {
     "ledger_max_pending": int,
     "shutdown_grace_s": float,
     "hold_ttl_s": float,
+    "metrics_max_tenants": int,
+    "workers": int,
     "key_cache_ttl_s": float,
 }

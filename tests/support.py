@@ -137,11 +137,11 @@ def start_demo_upstream(data_dir: Path, *extra: str) -> Process:
     )
 
 
-def start_meter(database_url: str, upstream_url: str, data_dir: Path, **env: str) -> Process:
+def start_meter(database_url: str, upstream_url: str, data_dir: Path, *args: str, **env: str) -> Process:
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     return Process(
-        ["serve", "--port", str(port)],
+        ["serve", "--port", str(port), *args],
         {
             "METER_DATABASE_URL": database_url,
             "METER_UPSTREAM_URL": upstream_url,

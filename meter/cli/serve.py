@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from meter.cli import common
-from meter.settings import ConfigError, Settings
+from meter.settings import ENV_FIELDS, ConfigError, Settings
 
 DEMO_UPSTREAM_KEY = "sk-ant-demo-operator-key"
 
@@ -29,6 +30,7 @@ def register(commands: Any) -> None:
     serve.add_argument("--upstream-url")
     serve.add_argument("--database-url")
     serve.add_argument("--data-dir", type=Path)
+    serve.add_argument("--workers", type=int, help="worker processes on one port (default 1; one per core)")
     serve.set_defaults(run=_serve)
 
     db = commands.add_parser("db", help="database migrations").add_subparsers(required=True, metavar="ACTION")
@@ -103,8 +105,16 @@ def _run_gateway(settings: Settings, demo_mode: bool) -> None:
     # uvicorn re-raises SIGTERM once its graceful shutdown is done; exit normally then, so that
     # atexit handlers run (they stop the embedded Postgres).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    app: Any = "meter.app:create_app_from_env"
+    if settings.workers > 1:
+        # Each worker builds its app from the environment, and shares its metrics through files.
+        os.environ.update(_worker_environment(settings))
+    else:
+        app = create_app(settings)
     uvicorn.run(
-        create_app(settings),
+        app,
+        factory=settings.workers > 1,
+        workers=settings.workers,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -117,6 +127,17 @@ def _run_gateway(settings: Settings, demo_mode: bool) -> None:
         log_level="warning",
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
+
+
+def _worker_environment(settings: Settings) -> dict[str, str]:
+    metrics_dir = settings.data_dir.resolve() / f"metrics-{os.getpid()}"
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # counters must start from zero
+    metrics_dir.mkdir(parents=True)
+    environment = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    for name, value in vars(settings).items():
+        if value is not None and name in ENV_FIELDS:
+            environment[f"METER_{name.upper()}"] = str(value)
+    return environment
 
 
 def _start_demo_upstream() -> tuple[subprocess.Popen[bytes], str]:

@@ -22,6 +22,8 @@ from meter.errors import (
     Overloaded,
     PermissionDenied,
     RequestTooLarge,
+    UpstreamTimeout,
+    UpstreamUnavailable,
     send_error,
 )
 from meter.metrics import Metrics
@@ -130,7 +132,14 @@ class Gateway:
             rewrite = models_answer(exchange.caller.allowed_models, path, openai_client)
         else:
             await self.limiter.reserve(exchange, body, max_tokens)
-        upstream = await self.upstream.send(scope["method"], path, query, headers, body)
+        try:
+            upstream = await self.upstream.send(scope["method"], path, query, headers, body)
+        except UpstreamTimeout:
+            exchange.upstream_error = "timeout"
+            raise
+        except UpstreamUnavailable:
+            exchange.upstream_error = "unreachable"
+            raise
         exchange.status = upstream.status_code
         exchange.upstream_request_id = upstream.headers.get("request-id")
         is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")

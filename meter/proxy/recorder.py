@@ -42,6 +42,8 @@ class Exchange:
     ttfb_s: float | None = None
     # Set by the limits stage: the reservation to settle, and the rate-limit headers to return.
     hold: Hold | None = None
+    # What went wrong upstream, if anything did: counted in meter_upstream_errors_total.
+    upstream_error: str | None = None
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     @property
@@ -98,6 +100,8 @@ class Recorder:
         ):
             if count:
                 m.tokens.labels(tenant, model, kind).inc(count)
+        if exchange.upstream_error:
+            m.upstream_errors.labels(exchange.upstream_error).inc()
         if cost is None:
             m.unpriced.labels(model).inc()
         elif cost:

@@ -49,8 +49,10 @@ async def relay_whole(
         body = await upstream.aread()
     finally:
         await upstream.aclose()
-    if metered:
+    if metered or upstream.status_code >= 400:
         _read_json_answer(exchange, upstream.status_code, body)
+    if upstream.status_code == 429 or upstream.status_code >= 500:
+        exchange.upstream_error = exchange.error_type or f"http_{upstream.status_code}"
     if rewrite is not None:
         body = rewrite(upstream.status_code, body)
     exchange.first_byte()
@@ -130,6 +132,8 @@ async def relay_stream(
     exchange.stop_reason = reader.stop_reason
     exchange.response_model = reader.model
     exchange.error_type = reader.error_type or exchange.error_type
+    if reader.error_type or exchange.error_type == "upstream_disconnected":
+        exchange.upstream_error = exchange.error_type
 
 
 async def _wait_for_disconnect(receive: Any, gone: asyncio.Event) -> None:

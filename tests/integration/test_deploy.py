@@ -20,7 +20,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 import meter.cli
 from meter.metrics import Metrics
-from meter.settings import _ENV_FIELDS, Settings
+from meter.settings import ENV_FIELDS, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -257,7 +257,7 @@ def meter_environment(variables: dict[str, Any]) -> dict[str, str]:
 
 
 def assert_meter_settings(env: dict[str, str], where: str) -> Settings:
-    unknown = {name for name in env if name.startswith("METER_")} - {f"METER_{f.upper()}" for f in _ENV_FIELDS}
+    unknown = {name for name in env if name.startswith("METER_")} - {f"METER_{f.upper()}" for f in ENV_FIELDS}
     assert not unknown, f"{where}: meter reads no {sorted(unknown)}"
     return Settings.from_env(env)
 
