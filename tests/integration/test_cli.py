@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import anthropic
 import httpx
 
 from tests.conftest import Ledger
-from tests.support import Process, free_port, wait_for_http
+from tests.support import ADMIN_TOKEN, Process, free_port, wait_for_http
 
 
 def meter_cli(database_url: str, *args: str) -> Any:
@@ -121,3 +122,83 @@ def test_serve_demo_with_embedded_postgres(tmp_path: Path) -> None:
     # The embedded Postgres was stopped with meter, and its data stays for the next start.
     assert not (tmp_path / "data" / "postgres" / "postmaster.pid").exists()
     assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
+
+
+def meter_text(database_url: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "meter", *args],
+        env={**os.environ, "METER_DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_operator_commands_in_every_format(database_url: str, meter: Process, ledger: Ledger) -> None:
+    import csv
+    import io
+    from datetime import UTC, datetime
+
+    tenant = meter_cli(database_url, "tenants", "create", "formats-co")
+    key = meter_cli(database_url, "keys", "issue", tenant["id"], "--allowed-model", "claude-haiku-4-5")
+    with anthropic.Anthropic(base_url=meter.base_url, api_key=key["key"], max_retries=0) as client:
+        made = [
+            client.messages.with_raw_response.create(
+                model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+            ).headers["x-meter-request-id"]
+            for _ in range(3)
+        ]
+    total = sum(ledger.row(request_id)["cost_usd"] for request_id in made)
+
+    listed = meter_cli(database_url, "tenants", "list")
+    assert tenant["id"] in {t["id"] for t in listed}
+    table = meter_text(database_url, "tenants", "list")
+    header, rule = table.splitlines()[:2]
+    assert header.split() == ["id", "name", "status", "created_at"] and set(rule.replace(" ", "")) == {"-"}
+    rows = list(csv.DictReader(io.StringIO(meter_text(database_url, "keys", "list", tenant["id"], "--format", "csv"))))
+    assert [row["id"] for row in rows] == [key["id"]] and "key" not in rows[0]
+    assert rows[0]["allowed_models"] == '["claude-haiku-4-5"]'
+
+    by_model = meter_cli(database_url, "usage", tenant["id"], "--group-by", "model")
+    assert [(line["group"], line["requests"]) for line in by_model["data"]] == [("claude-haiku-4-5", 3)]
+    usage_csv = list(
+        csv.DictReader(
+            io.StringIO(meter_text(database_url, "usage", tenant["id"], "--group-by", "key", "--format", "csv"))
+        )
+    )
+    assert usage_csv[0]["key"] == key["id"] and Decimal(usage_csv[0]["cost_usd"]) == total
+    assert "by day" in meter_text(database_url, "usage", tenant["id"])
+
+    month = datetime.now(UTC).strftime("%Y-%m")
+    statement = meter_cli(database_url, "statement", tenant["id"], "--month", month)
+    assert Decimal(statement["total_usd"]) == total
+    lines = list(
+        csv.DictReader(
+            io.StringIO(meter_text(database_url, "statement", tenant["id"], "--month", month, "--format", "csv"))
+        )
+    )
+    assert lines[-1]["model"] == "TOTAL" and Decimal(lines[-1]["cost_usd"]) == total
+    assert f"Total: ${statement['total_usd']}" in meter_text(database_url, "statement", tenant["id"], "--month", month)
+
+    rotated = meter_cli(database_url, "keys", "rotate", key["id"], "--grace-period", "0")
+    assert rotated["key"] != key["key"]
+    assert meter_cli(database_url, "tenants", "suspend", tenant["id"])["status"] == "suspended"
+    with anthropic.Anthropic(base_url=meter.base_url, api_key=rotated["key"], max_retries=0) as client:
+        try:
+            client.messages.create(
+                model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+            )
+        except anthropic.PermissionDeniedError:
+            pass
+        else:
+            raise AssertionError("a suspended tenant's key still worked")
+    assert meter_cli(database_url, "tenants", "reactivate", tenant["id"])["status"] == "active"
+    audit = httpx.get(
+        meter.base_url + "/admin/audit",
+        params={"subject_id": tenant["id"]},
+        headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+    ).json()["data"]
+    assert [e["action"] for e in audit] == ["tenant.create", "tenant.suspend", "tenant.reactivate"]
+    assert all(e["actor"].startswith("cli:") for e in audit)
