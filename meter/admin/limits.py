@@ -17,20 +17,11 @@ from meter.admin import audit
 from meter.admin.schema import ERRORS, Usd, check_usd
 from meter.admin.usage import money
 from meter.db import notices
-from meter.db.models import api_keys, limits, tenants, usage_events
+from meter.db.models import LIMIT_SETTINGS, api_keys, limits, tenants, usage_events
 from meter.errors import NotFound
 from meter.proxy.auth import KeyCache
 
 Count = Annotated[int, msgspec.Meta(ge=0)]
-CONFIG = (
-    "requests_per_minute",
-    "tokens_per_minute",
-    "max_concurrent_requests",
-    "tokens_per_day",
-    "tokens_per_month",
-    "budget_usd_per_day",
-    "budget_usd_per_month",
-)
 
 
 class LimitsSpec(msgspec.Struct):
@@ -117,7 +108,7 @@ async def ensure_limits_row(conn: AsyncConnection, subject_id: str, tenant_id: s
 async def set_limits(conn: AsyncConnection, subject_id: str, spec: LimitsSpec, actor: str) -> LimitsView:
     tenant_id = await tenant_of(conn, subject_id)
     await ensure_limits_row(conn, subject_id, tenant_id)
-    values = {name: getattr(spec, name) for name in CONFIG}
+    values = {name: getattr(spec, name) for name in LIMIT_SETTINGS}
     await conn.execute(limits.update().where(limits.c.subject_id == subject_id).values(**values, updated_at=func.now()))
     await audit.record(conn, actor, "limits.set", subject_id, values)
     await notices.keys_changed(conn)  # cached keys carry whether they are limited
@@ -132,7 +123,7 @@ async def read_limits(conn: AsyncConnection, subject_id: str) -> LimitsView:
         (
             await conn.execute(
                 select(
-                    *(limits.c[name] for name in CONFIG),
+                    *(limits.c[name] for name in LIMIT_SETTINGS),
                     limits.c.in_flight,
                     (limits.c.day == today).label("same_day"),
                     (limits.c.month == this_month).label("same_month"),

@@ -151,6 +151,17 @@ limits = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+# The operator's limit settings among the columns of `limits`.
+LIMIT_SETTINGS = (
+    "requests_per_minute",
+    "tokens_per_minute",
+    "max_concurrent_requests",
+    "tokens_per_day",
+    "tokens_per_month",
+    "budget_usd_per_day",
+    "budget_usd_per_month",
+)
+
 # One row per in-flight request that reserved headroom; released by settlement, or by expiry if
 # the process that made it died (its owner renews `expires_at` while it lives).
 holds = Table(

@@ -9,21 +9,13 @@ from typing import Any
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from meter.db.models import api_keys, limits, prices, tenants
+from meter.db.models import LIMIT_SETTINGS, api_keys, limits, prices, tenants
 from meter.pricing import Price
 
 _tenant_limits = limits.alias("tenant_limits")
 _key_limits = limits.alias("key_limits")
-_LIMIT_COLUMNS = (
-    "requests_per_minute",
-    "tokens_per_minute",
-    "max_concurrent_requests",
-    "tokens_per_day",
-    "tokens_per_month",
-    "budget_usd_per_day",
-    "budget_usd_per_month",
-    "credit_balance_usd",
-)
+# A subject is limited if any setting is, or it has prepaid credit.
+_LIMIT_COLUMNS = (*LIMIT_SETTINGS, "credit_balance_usd")
 _MONEY_COLUMNS = ("budget_usd_per_day", "budget_usd_per_month", "credit_balance_usd")
 
 

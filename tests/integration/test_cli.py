@@ -22,15 +22,19 @@ from tests.support import ADMIN_TOKEN, Process, free_port, wait_for_http
 
 def meter_cli(database_url: str, *args: str) -> Any:
     """Run an operator command and parse its JSON output."""
+    return json.loads(meter_text(database_url, *args, "--format", "json"))
+
+
+def meter_text(database_url: str, *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "meter", *args, "--format", "json"],
+        [sys.executable, "-m", "meter", *args],
         env={**os.environ, "METER_DATABASE_URL": database_url},
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return done.stdout
 
 
 def test_tenants_create_and_keys_issue_and_revoke(database_url: str, meter: Process, ledger: Ledger) -> None:
@@ -122,18 +126,6 @@ def test_serve_demo_with_embedded_postgres(tmp_path: Path) -> None:
     # The embedded Postgres was stopped with meter, and its data stays for the next start.
     assert not (tmp_path / "data" / "postgres" / "postmaster.pid").exists()
     assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
-
-
-def meter_text(database_url: str, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "meter", *args],
-        env={**os.environ, "METER_DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def test_operator_commands_in_every_format(database_url: str, meter: Process, ledger: Ledger) -> None:
