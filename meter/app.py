@@ -32,7 +32,7 @@ from meter.admin.usage import UsageController
 from meter.credentials import new_id
 from meter.db import migrate
 from meter.db.engine import create_engine, create_hot_engine
-from meter.db.queries import load_prices
+from meter.db.queries import load_prices, tenant_budgets
 from meter.errors import InternalError, InvalidRequest, MeterError, MethodNotAllowed, NotFound, RequestTooLarge
 from meter.ledger import LedgerWriter
 from meter.metrics import Metrics
@@ -50,6 +50,7 @@ log = logging.getLogger("meter")
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 # Price changes reach every process within this time (the table is small).
 PRICE_REFRESH_S = 1.0
+BUDGET_REPORT_S = 5.0
 
 
 @dataclass
@@ -115,6 +116,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             asyncio.create_task(_refresh_prices(parts)),
             asyncio.create_task(parts.gateway.limiter.housekeeping()),
             asyncio.create_task(parts.keys.listen(settings.database_url or "")),
+            asyncio.create_task(_report_budgets(parts)),
         ]
         try:
             yield
@@ -234,6 +236,26 @@ def _is_data_error(exc: Exception) -> bool:
         return False
     causes = (exc.orig, getattr(exc.orig, "__cause__", None))
     return any(str(getattr(cause, "sqlstate", "")).startswith("22") for cause in causes)
+
+
+async def _report_budgets(parts: Parts) -> None:
+    """Keep the budget gauges current, for the billing dashboard and the over-budget alert."""
+    metrics = parts.metrics
+    while True:
+        try:
+            async with parts.engine.connect() as conn:
+                for row in await tenant_budgets(conn):
+                    tenant = metrics.tenant_label(row["tenant_id"])
+                    for period in ("day", "month"):
+                        budget = row[f"budget_usd_per_{period}"]
+                        if budget is not None:
+                            used = row[f"{period}_usd"]
+                            metrics.budget_used.labels(tenant, period).set(float(used / budget) if budget else 1.0)
+                    if row["credit_balance_usd"] is not None:
+                        metrics.credit_balance.labels(tenant).set(float(row["credit_balance_usd"]))
+        except Exception:  # the gauges just go stale until the next try
+            log.warning("budget gauges refresh failed", exc_info=True)
+        await asyncio.sleep(BUDGET_REPORT_S)
 
 
 async def _reload_prices(parts: Parts) -> None:

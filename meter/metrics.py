@@ -52,6 +52,21 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        # Read from Postgres every few seconds by each process; every process reports the same value.
+        self.budget_used = Gauge(
+            "meter_budget_used_ratio",
+            "Share of a tenant's budget used in the current UTC period (1 = all of it)",
+            ["tenant", "period"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.credit_balance = Gauge(
+            "meter_credit_balance_usd",
+            "A prepaid tenant's credit balance",
+            ["tenant"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
         self.upstream_errors = Counter(
             "meter_upstream_errors_total", "Upstream failures by type", ["type"], registry=registry
         )

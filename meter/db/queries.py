@@ -134,3 +134,21 @@ async def write_ledger_batch(
 async def load_prices(conn: AsyncConnection) -> list[Price]:
     result = await conn.execute(select(prices))
     return [Price(**row) for row in result.mappings()]
+
+
+_BUDGETS = text(
+    """
+SELECT subject_id AS tenant_id,
+       CASE WHEN day = (now() AT TIME ZONE 'UTC')::date THEN day_usd ELSE 0 END AS day_usd,
+       CASE WHEN month = date_trunc('month', now() AT TIME ZONE 'UTC')::date THEN month_usd ELSE 0 END AS month_usd,
+       budget_usd_per_day, budget_usd_per_month, credit_balance_usd
+FROM limits
+WHERE subject_id = tenant_id
+  AND (budget_usd_per_day IS NOT NULL OR budget_usd_per_month IS NOT NULL OR credit_balance_usd IS NOT NULL)
+"""
+)
+
+
+async def tenant_budgets(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Every tenant with a USD budget or prepaid credit, with what it spent this day and month."""
+    return [dict(row) for row in (await conn.execute(_BUDGETS)).mappings()]

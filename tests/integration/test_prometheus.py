@@ -200,6 +200,8 @@ def test_every_query_returns_data_from_real_traffic(request: pytest.FixtureReque
     prometheus: Prometheus = request.getfixturevalue("prometheus")
     limited_key = new_key(admin, {"requests_per_minute": 1})
     broke_key = new_key(admin, {"budget_usd_per_day": "0"})
+    prepaid = admin.create_tenant("prepaid")  # for the credit balance panel
+    assert admin.request("POST", f"/admin/tenants/{prepaid['id']}/credits", json={"amount_usd": "5"}).status_code == 200
     time.sleep(1.1)  # limits reach every process within its one-second key cache
     outcomes = drive_traffic(meter.base_url, tenant_key["key"], limited_key, broke_key)
     assert outcomes["json ok"] and outcomes["stream ok"] and outcomes["unpriced ok"], outcomes
