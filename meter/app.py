@@ -1,9 +1,10 @@
-"""create_app(settings) -> Litestar: builds the parts, wires the routes and their lifecycle."""
+"""create_app(settings) -> the ASGI app: builds the parts, wires the routes and their lifecycle."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -42,7 +43,7 @@ from meter.proxy.forward import Upstream
 from meter.proxy.gateway import Gateway
 from meter.proxy.limits import Limiter
 from meter.proxy.recorder import Recorder
-from meter.proxy.routes import proxy_routes
+from meter.proxy.routes import ProxyRoutes
 from meter.settings import Settings
 
 log = logging.getLogger("meter")
@@ -99,12 +100,13 @@ def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -
     return Parts(settings, engine, hot_engine, metrics, prices, keys, upstream, ledger, gateway)
 
 
-def create_app_from_env() -> Litestar:
+def create_app_from_env() -> ProxyRoutes:
     """The app of one worker process of `meter serve --workers N`: settings come from the environment."""
     return create_app(Settings.from_env())
 
 
-def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> Litestar:
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> ProxyRoutes:
+    """The ASGI app: Anthropic's paths go straight to the gateway, the rest to Litestar."""
     parts = build_parts(settings, registry)
     expected_heads = migrate.current_heads(settings.database_url or "")
 
@@ -112,6 +114,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await _reload_prices(parts)
         parts.ledger.start()
+        # What start-up allocated lives as long as the process: keep it out of every GC pass.
+        gc.freeze()
         background = [
             asyncio.create_task(_refresh_prices(parts)),
             asyncio.create_task(parts.gateway.limiter.housekeeping()),
@@ -172,14 +176,13 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     )
     service_routes = [healthz, readyz, probe, _metrics_route(parts.metrics.registry)]
     app = Litestar(
-        route_handlers=[*proxy_routes(parts.gateway), admin, *service_routes],
+        route_handlers=[admin, *service_routes],
         lifespan=[lifespan],
         exception_handlers={Exception: _render_error},
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="meter", version="0.1.0", path="/schema"),
     )
-    app.state.parts = parts
-    return app
+    return ProxyRoutes(app, parts.gateway)
 
 
 def _metrics_route(registry: CollectorRegistry) -> ASGIRouteHandler:
