@@ -84,8 +84,9 @@ class Gateway:
         if scope["method"] != method:
             await refuse(MethodNotAllowed(f"Method {scope['method']} not allowed.", {"allow": method}))
             return
+        incoming = dict(scope["headers"])  # for lookups; the list itself is what gets forwarded
         try:
-            caller = await self.keys.authenticate(dict(scope["headers"]))
+            caller = await self.keys.authenticate(incoming)
         except MeterError as error:
             self._metrics.requests.labels("unauthenticated", "other", endpoint, str(error.status)).inc()
             await refuse(error)
@@ -100,7 +101,7 @@ class Gateway:
 
         self._metrics.in_flight.inc()
         try:
-            await self._serve(exchange, scope, receive, tracked_send, dialect)
+            await self._serve(exchange, scope, incoming, receive, tracked_send, dialect)
         except Exception as exc:
             failure = exc if isinstance(exc, MeterError) else InternalError("Internal error in meter.")
             if not isinstance(exc, MeterError):
@@ -112,8 +113,16 @@ class Gateway:
             self._metrics.in_flight.dec()
             self.recorder.record(exchange)
 
-    async def _serve(self, exchange: Exchange, scope: Any, receive: Any, send: Any, dialect: Dialect | None) -> None:
-        body = await self._read_body(scope, receive)
+    async def _serve(
+        self,
+        exchange: Exchange,
+        scope: Any,
+        incoming: dict[bytes, bytes],
+        receive: Any,
+        send: Any,
+        dialect: Dialect | None,
+    ) -> None:
+        body = await self._read_body(incoming, receive)
         headers = self.upstream.request_headers(scope["headers"])
         path = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
         query = scope["query_string"]
@@ -126,7 +135,7 @@ class Gateway:
         rewrite: Callable[[int, bytes], bytes] | None = dialect.answer if dialect is not None else None
         if exchange.endpoint == "models":
             # The documented rule: a models request without Anthropic's version header is an OpenAI client's.
-            openai_client = b"anthropic-version" not in dict(headers)
+            openai_client = b"anthropic-version" not in incoming
             if openai_client:
                 headers.append((b"anthropic-version", ANTHROPIC_VERSION))
             rewrite = models_answer(exchange.caller.allowed_models, path, openai_client)
@@ -167,10 +176,10 @@ class Gateway:
         max_tokens = fields.max_tokens
         return max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 0
 
-    async def _read_body(self, scope: Any, receive: Any) -> bytes:
+    async def _read_body(self, incoming: dict[bytes, bytes], receive: Any) -> bytes:
         """The whole request body, or RequestTooLarge once it is past the limit. An oversized body
         is still read (and discarded) so the client gets the 413 instead of a broken pipe."""
-        declared = dict(scope["headers"]).get(b"content-length")
+        declared = incoming.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > DISCARD_LIMIT:
             raise self._too_large()
         chunks: list[bytes] = []
