@@ -38,6 +38,9 @@ HOP_BY_HOP = frozenset(
 NOT_FORWARDED = HOP_BY_HOP | {"x-api-key", "authorization", "accept-encoding"}
 
 
+MAX_CACHED_URLS = 1000
+
+
 class Upstream:
     def __init__(
         self,
@@ -52,6 +55,7 @@ class Upstream:
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._transport = AiohttpTransport(limits=limits)
         self._timeout = {"connect": connect_timeout_s, "read": read_timeout_s, "pool": connect_timeout_s}
+        self._urls: dict[tuple[str, bytes], httpx.URL] = {}
 
     def request_headers(self, incoming: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         headers = [(name, value) for name, value in incoming if name.decode("latin-1") not in NOT_FORWARDED]
@@ -63,14 +67,25 @@ class Upstream:
         self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> httpx.Response:
         """Send a request; the response body is left unread, to be streamed by the caller."""
-        url = self._base_url + path + ("?" + query.decode("latin-1") if query else "")
-        request = httpx.Request(method, url, headers=headers, content=body, extensions={"timeout": self._timeout})
+        request = httpx.Request(
+            method, self._url(path, query), headers=headers, content=body, extensions={"timeout": self._timeout}
+        )
         try:
             return await self._transport.handle_async_request(request)
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout("The upstream API did not answer in time.") from exc
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(f"The upstream API could not be reached: {exc.__class__.__name__}.") from exc
+
+    def _url(self, path: str, query: bytes) -> httpx.URL:
+        """Parsed once per path and query: nearly every request goes to the same few URLs."""
+        url = self._urls.get((path, query))
+        if url is None:
+            if len(self._urls) > MAX_CACHED_URLS:
+                self._urls.clear()
+            url = httpx.URL(self._base_url + path + ("?" + query.decode("latin-1") if query else ""))
+            self._urls[(path, query)] = url
+        return url
 
     async def aclose(self) -> None:
         await self._transport.aclose()

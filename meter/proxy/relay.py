@@ -49,15 +49,15 @@ async def relay_whole(
         body = await upstream.aread()
     finally:
         await upstream.aclose()
+    answer = rewrite(upstream.status_code, body) if rewrite is not None else body
+    exchange.first_byte()
+    await send(_start(exchange, upstream, len(answer)))
+    await send({"type": "http.response.body", "body": answer})
+    # Bookkeeping after the client has its answer: off the latency path.
     if metered or upstream.status_code >= 400:
         _read_json_answer(exchange, upstream.status_code, body)
     if upstream.status_code == 429 or upstream.status_code >= 500:
         exchange.upstream_error = exchange.error_type or f"http_{upstream.status_code}"
-    if rewrite is not None:
-        body = rewrite(upstream.status_code, body)
-    exchange.first_byte()
-    await send(_start(exchange, upstream, len(body)))
-    await send({"type": "http.response.body", "body": body})
 
 
 def _read_json_answer(exchange: Exchange, status: int, body: bytes) -> None:
