@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from bench.cpu import CpuAccount
 from meter.db import migrate
 from tests.support import (
     ADMIN_TOKEN,
@@ -72,7 +73,7 @@ def server_url_with_database(url: str) -> str:
 
 
 def drop_database(server_url: str, name: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     async def drop() -> None:
         conn = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://"))
@@ -91,8 +92,11 @@ class Stack:
     upstream: Process
     meter: Process
     tenant_key: str
+    # A key of a tenant with every kind of limit set (none ever reached): each request reserves.
+    limited_key: str
     postgres_server_url: str
     postgres_label: str  # "embedded" or "external", for the report
+    cpu: CpuAccount
     operator_key: str = OPERATOR_KEY
 
     @property
@@ -105,7 +109,8 @@ def running_stack(workdir: Path) -> Iterator[Stack]:
     """Postgres (METER_BENCH_DATABASE_URL's server, else an embedded one in `workdir`), a migrated
     database, the demo upstream, meter with auth, ledger and metrics on, and a tenant key."""
     with ExitStack() as cleanup:
-        server_url, label = _postgres_server(workdir, cleanup)
+        cpu = CpuAccount()
+        server_url, label = _postgres_server(workdir, cleanup, cpu)
         database_url = create_database(server_url, METER_DATABASE)
         if label == "external":
             # Leave nothing behind on a server that is not ours (an embedded one is deleted whole).
@@ -118,13 +123,14 @@ def running_stack(workdir: Path) -> Iterator[Stack]:
         cleanup.callback(meter.stop)
         try:
             key = create_tenant_key(meter.base_url, ADMIN_TOKEN)
+            limited_key = create_tenant_key(meter.base_url, ADMIN_TOKEN, LIMITS)
         except Exception:
             print(meter.output()[-4000:])
             raise
-        yield Stack(upstream, meter, key, server_url, label)
+        yield Stack(upstream, meter, key, limited_key, server_url, label, cpu)
 
 
-def _postgres_server(workdir: Path, cleanup: ExitStack) -> tuple[str, str]:
+def _postgres_server(workdir: Path, cleanup: ExitStack, cpu: CpuAccount) -> tuple[str, str]:
     url = os.environ.get("METER_BENCH_DATABASE_URL")
     if url:
         return server_url_with_database(url), "external"
@@ -133,15 +139,31 @@ def _postgres_server(workdir: Path, cleanup: ExitStack) -> tuple[str, str]:
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     embedded = EmbeddedPostgres(workdir / "postgres")
     cleanup.callback(embedded.cleanup)
+    postmaster = embedded.server.get_pid()
+    if postmaster is not None:  # detached from us when it started, so counted as ours explicitly
+        cpu.add_root(postmaster)
     return embedded.url(), "embedded"
 
 
-def create_tenant_key(meter_url: str, admin_token: str) -> str:
-    """A tenant and a key for it, through the admin API (the operator's path, not the CLI's)."""
+# Limits every request of the limited tenant is checked against, set high enough never to refuse
+# one: the benchmark measures the cost of checking them.
+LIMITS = {
+    "requests_per_minute": 100_000_000,
+    "tokens_per_minute": 100_000_000_000,
+    "max_concurrent_requests": 100_000,
+    "tokens_per_day": 100_000_000_000,
+    "budget_usd_per_month": "10000000",
+}
+
+
+def create_tenant_key(meter_url: str, admin_token: str, limits: dict[str, object] | None = None) -> str:
+    """A tenant (with `limits`, if given) and a key for it, through the admin API."""
     headers = {"authorization": f"Bearer {admin_token}"}
     with httpx.Client(base_url=meter_url, headers=headers, timeout=10) as admin:
-        tenant = admin.post("/admin/tenants", json={"name": "bench"})
+        tenant = admin.post("/admin/tenants", json={"name": "bench-limited" if limits else "bench"})
         tenant.raise_for_status()
+        if limits:
+            admin.put(f"/admin/tenants/{tenant.json()['id']}/limits", json=limits).raise_for_status()
         issued = admin.post(f"/admin/tenants/{tenant.json()['id']}/keys", json={})
         issued.raise_for_status()
         key: str = issued.json()["key"]

@@ -56,9 +56,11 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def render(title: str, machine: list[tuple[str, str]], sections: list[Section]) -> str:
     parts = [f"# {title}", "", table(["machine", ""], [[name, value] for name, value in machine])]
     for section in sections:
-        parts += ["", f"## {section.title}", "", section.description, ""]
+        parts += ["", f"## {section.title}"]
+        if section.description:
+            parts += ["", section.description]
         if section.rows:
-            parts.append(table(section.header, section.rows))
+            parts += ["", table(section.header, section.rows)]
         for note in section.notes:
             parts += ["", note]
         for error in section.errors:

@@ -1,7 +1,7 @@
 """Run meter's benchmark: start Postgres, the demo upstream and meter, run the scenarios, print the
 report as Markdown and write it to bench/results/latest.md.
 
-    .venv/bin/python bench/run.py            # full run, a few minutes (docs/benchmarks.md)
+    .venv/bin/python bench/run.py            # full run, 7-14 minutes (docs/benchmarks.md)
     .venv/bin/python bench/run.py --quick    # smoke run under a minute, for CI: no LiteLLM
 
 Exits 1 if any scenario failed (an error response, a broken stream, a lost ledger row), 2 if wrk or
@@ -29,12 +29,13 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import scenarios
+from bench.cpu import CpuAccount
 from bench.processes import Stack, missing_tools, raise_open_file_limit, running_stack
 from bench.report import Section, render
 from bench.scenarios import FULL, QUICK, Plan
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
-SCENARIOS = ("closed-loop", "open-loop", "streams", "ledger", "memory", "litellm")
+SCENARIOS = ("closed-loop", "open-loop", "streams", "ledger", "memory", "litellm", "limits")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,8 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     raise_open_file_limit()
 
-    started = time.monotonic()
-    load_before = os.getloadavg()[0]
+    started, started_at = time.monotonic(), datetime.now(UTC)
+    with CpuAccount().window() as idle:
+        time.sleep(1)
+    if idle.other_share > scenarios.QUIET_SHARE:
+        print(
+            f"bench: warning: other processes are using {idle.other_share:.0%} of the CPU; timings will be disturbed "
+            "(disturbed comparisons are measured again, and the report shows each row's share)",
+            file=sys.stderr,
+        )
     with tempfile.TemporaryDirectory(prefix="meter-bench-") as tmp:
         workdir = Path(tmp)
         print(
@@ -69,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
             sections = [_warm_up(stack)]
             for name in chosen:
                 print(f"bench: {name}...", flush=True)
-                sections.append(_scenario(name, _runner(name, stack, plan, workdir)))
+                sections.append(_scenario(name, stack, _runner(name, stack, plan, workdir)))
             sections.append(_meter_ledger(stack))
-            machine = _machine(stack, plan, load_before)
+            machine = _machine(stack, plan, started_at, idle.other_share)
     machine.append(("duration", f"{time.monotonic() - started:.0f} s"))
 
-    report = render(f"meter benchmark ({plan.name} run)", machine, sections)
+    scope = f"{plan.name} run" + (f" of {', '.join(chosen)} only" if args.only else "")
+    report = render(f"meter benchmark ({scope})", machine, sections)
     print("\n" + report)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(report)
@@ -93,17 +102,21 @@ def _runner(name: str, stack: Stack, plan: Plan, workdir: Path) -> Callable[[], 
         "ledger": lambda: scenarios.ledger(stack, plan),
         "memory": lambda: scenarios.memory(stack, plan),
         "litellm": lambda: scenarios.versus_litellm(stack, plan, workdir),
+        "limits": lambda: scenarios.limits_cost(stack, plan),
     }
     return runners[name]
 
 
-def _scenario(name: str, run: Callable[[], Section]) -> Section:
+def _scenario(name: str, stack: Stack, run: Callable[[], Section]) -> Section:
     """Run one scenario; one that raises becomes an error section, and the others still run."""
-    try:
-        return run()
-    except Exception as exc:
-        traceback.print_exc()
-        return Section(name, "", [], errors=[f"{name} did not complete: {exc.__class__.__name__}: {exc}"])
+    with stack.cpu.window() as cpu:
+        try:
+            section = run()
+        except Exception as exc:
+            traceback.print_exc()
+            section = Section(name, "", [], errors=[f"{name} did not complete: {exc.__class__.__name__}: {exc}"])
+    section.notes.append(f"Processes other than the benchmark's used {cpu.other_share:.0%} of the CPU meanwhile.")
+    return section
 
 
 def _warm_up(stack: Stack) -> Section:
@@ -142,11 +155,11 @@ def _meter_ledger(stack: Stack) -> Section:
     return section
 
 
-def _machine(stack: Stack, plan: Plan, load_before: float) -> list[tuple[str, str]]:
+def _machine(stack: Stack, plan: Plan, started_at: datetime, busy_before: float) -> list[tuple[str, str]]:
     cpu = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
     memory = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
     return [
-        ("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
+        ("started", started_at.strftime("%Y-%m-%d %H:%M UTC")),
         ("CPU", cpu.group(1) if cpu else platform.processor() or "unknown"),
         ("cores", str(os.cpu_count())),
         ("memory", f"{int(memory.group(1)) / 1024**2:.0f} GiB" if memory else "unknown"),
@@ -155,7 +168,7 @@ def _machine(stack: Stack, plan: Plan, load_before: float) -> list[tuple[str, st
         ("meter commit", _commit()),
         ("Postgres", f"{stack.postgres_label} (same machine)"),
         ("tools", _first_line(["wrk", "--version"]) + "; hey"),
-        ("load average (1 min) before / after", f"{load_before:.2f} / {os.getloadavg()[0]:.2f}"),
+        ("CPU taken by other processes just before the run", f"{busy_before:.0%}"),
         ("plan", plan.name),
     ]
 

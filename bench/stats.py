@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -33,3 +35,21 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
+
+
+@contextmanager
+def no_gc_pauses() -> Iterator[None]:
+    """No cyclic garbage collection in this process meanwhile.
+
+    The harness has meter, SQLAlchemy and Alembic imported: a full collection walks all of that and
+    stalls the client's event loop for tens of milliseconds, which would show up as server latency
+    or as a stalled stream. Reference counting still frees almost everything a run allocates.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()

@@ -316,6 +316,8 @@ def run_demo_upstream(host: str, port: int, config: DemoConfig) -> None:
         host=host,
         port=port,
         access_log=None,  # a log line per request would cost more than the request itself
+        # Hundreds of clients connect at once in benchmarks; the default backlog of 128 drops some.
+        backlog=4096,
         # run_app calls this once the socket is listening, so the line means "ready".
         print=lambda _banner: print(f"demo upstream listening on http://{host}:{port}", flush=True),
         loop=loop,
