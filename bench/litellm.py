@@ -19,8 +19,7 @@ from pathlib import Path
 import httpx
 
 from bench.load import MODEL, Target, anthropic_headers, messages_body
-from bench.processes import Child
-from tests.support import free_port
+from tests.support import Process, free_port
 
 VERSION = "1.108.7"
 VENV = Path(__file__).resolve().parent / ".venv-litellm"
@@ -83,7 +82,7 @@ def write_config(directory: Path, upstream_url: str, operator_key: str) -> Path:
     return path
 
 
-def start(directory: Path, upstream_url: str, operator_key: str) -> tuple[Child, str]:
+def start(directory: Path, upstream_url: str, operator_key: str) -> tuple[Process, str]:
     """Start LiteLLM's proxy; returns it and its base URL."""
     config = write_config(directory, upstream_url, operator_key)
     port = free_port()
@@ -102,7 +101,10 @@ def start(directory: Path, upstream_url: str, operator_key: str) -> tuple[Child,
         "LITELLM_LOG": "ERROR",
     }
     base_url = f"http://127.0.0.1:{port}"
-    return Child(command, env, directory / "litellm.log", base_url + "/health/liveliness"), base_url
+    child = Process(
+        command, env, base_url, "/health/liveliness", log_path=directory / "litellm.log", ready_timeout_s=180
+    )
+    return child, base_url
 
 
 def working_target(base_url: str) -> Target:

@@ -9,9 +9,8 @@ import logging
 import os
 import resource
 import shutil
-import subprocess
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,6 @@ from tests.support import (
     create_database,
     start_demo_upstream,
     start_meter,
-    wait_for_http,
 )
 
 # The database meter uses during the run, and the one the in-process ledger benchmark writes to.
@@ -168,30 +166,3 @@ def create_tenant_key(meter_url: str, admin_token: str, limits: dict[str, object
         issued.raise_for_status()
         key: str = issued.json()["key"]
         return key
-
-
-class Child:
-    """A process that is not meter (LiteLLM's proxy): started, awaited until it answers, stopped."""
-
-    def __init__(self, command: list[str], env: Mapping[str, str], log_path: Path, ready_url: str) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
-        self.process = subprocess.Popen(command, env={**os.environ, **env}, stdout=self._log, stderr=self._log)
-        try:
-            wait_for_http(ready_url, self.process, timeout_s=180)
-        except Exception:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")

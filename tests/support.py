@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 OPERATOR_KEY = "sk-ant-test-operator-key"
+METER = [sys.executable, "-m", "meter"]
 ADMIN_TOKEN = "meter-admin-test-token"
 
 
@@ -92,17 +93,24 @@ def _asyncpg_dsn(url: str) -> str:
 
 
 class Process:
-    """A child process (meter or the demo upstream) with its base URL; stopped at the end."""
+    """A child process (meter, the demo upstream, LiteLLM's proxy in bench/) with its base URL,
+    started and awaited until it answers at `ready_path`; stopped at the end."""
 
-    def __init__(self, args: list[str], env: Mapping[str, str], base_url: str, ready_path: str) -> None:
+    def __init__(
+        self,
+        command: list[str],
+        env: Mapping[str, str],
+        base_url: str,
+        ready_path: str,
+        log_path: Path | None = None,
+        ready_timeout_s: float = 60.0,
+    ) -> None:
         self.base_url = base_url
-        self.log_path = Path(env.get("METER_DATA_DIR", "/tmp")) / f"process-{free_port()}.log"
+        self.log_path = log_path or Path(env.get("METER_DATA_DIR", "/tmp")) / f"process-{free_port()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "meter", *args], env={**os.environ, **env}, stdout=self._log, stderr=self._log
-        )
+        self.process = subprocess.Popen(command, env={**os.environ, **env}, stdout=self._log, stderr=self._log)
         try:
-            wait_for_http(base_url + ready_path, self.process)
+            wait_for_http(base_url + ready_path, self.process, ready_timeout_s)
         except Exception:
             self.stop()
             raise
@@ -130,7 +138,7 @@ class Process:
 def start_demo_upstream(data_dir: Path, *extra: str) -> Process:
     port = free_port()
     return Process(
-        ["demo-upstream", "--port", str(port), "--api-key", OPERATOR_KEY, *extra],
+        [*METER, "demo-upstream", "--port", str(port), "--api-key", OPERATOR_KEY, *extra],
         {"METER_DATA_DIR": str(data_dir)},
         f"http://127.0.0.1:{port}",
         "/_demo/last-request",
@@ -141,7 +149,7 @@ def start_meter(database_url: str, upstream_url: str, data_dir: Path, *args: str
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     return Process(
-        ["serve", "--port", str(port), *args],
+        [*METER, "serve", "--port", str(port), *args],
         {
             "METER_DATABASE_URL": database_url,
             "METER_UPSTREAM_URL": upstream_url,

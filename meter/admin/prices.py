@@ -112,6 +112,9 @@ async def set_prices(conn: AsyncConnection, update: PriceUpdate, actor: str) -> 
         )
     if not rows:
         raise InvalidRequest("prices: give at least one price")
+    moments = [(row["model"], row["effective_from"]) for row in rows]
+    if len(set(moments)) < len(moments):
+        raise InvalidRequest("prices: two prices for the same model take effect at the same time")
     await audit.record(conn, actor, "prices.set", None, {"prices": rows})
     statement = insert(prices).values(rows)
     await conn.execute(

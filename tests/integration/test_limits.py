@@ -313,3 +313,11 @@ def test_limited_requests_cost_one_database_round_trip_on_average(meters: list[P
     reserves = metric(process[0].base_url, 'meter_db_round_trips_total{purpose="reserve"}')
     assert reserves >= 400
     assert trips / requests <= 1.25, f"{trips} round trips for {requests} requests"
+
+
+def test_two_prices_for_one_model_and_moment_are_refused(meters: list[Process]) -> None:
+    admin = Admin(meters[0].base_url)
+    twice = {"model": "claude-twice", "input_per_mtok": "1", "output_per_mtok": "2"}
+    response = admin.request("PUT", "/admin/prices", json={"prices": [twice, twice]})
+    assert response.status_code == 400
+    assert "same time" in response.json()["error"]["message"]
