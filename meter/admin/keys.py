@@ -128,15 +128,15 @@ async def rotate_key(conn: AsyncConnection, key_id: str, rotate: KeyRotate, acto
 
 
 async def _change(conn: AsyncConnection, key_id: str, **values: Any) -> Any:
-    row = (
-        (await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(**values).returning(*_PUBLIC)))
-        .mappings()
-        .first()
-    )
-    if row is None:
+    hashes = (api_keys.c.key_hash, api_keys.c.previous_key_hash)
+    before = (await conn.execute(select(*hashes).where(api_keys.c.id == key_id).with_for_update())).first()
+    if before is None:
         raise NotFound(f"No key with id {key_id!r}.")
-    await notices.keys_changed(conn)
-    return row
+    updated = update(api_keys).where(api_keys.c.id == key_id).values(**values).returning(*_PUBLIC, *hashes)
+    row = (await conn.execute(updated)).mappings().one()
+    # Every secret the key had or has is re-read by every process, and never served from a stale cache.
+    await notices.keys_withdrawn(conn, [*before, row["key_hash"], row["previous_key_hash"]])
+    return {name: row[name] for name in ApiKey.__struct_fields__}
 
 
 class KeyController(Controller):

@@ -190,7 +190,7 @@ class LimitsController(Controller):
 async def _put(db: AsyncEngine, keys: KeyCache, subject_id: str, spec: LimitsSpec, actor: str) -> LimitsView:
     async with db.begin() as conn:
         view = await set_limits(conn, subject_id, spec, actor)
-    keys.forget()  # this process at once; the others within their key-cache lifetime
+    keys.forget()  # this process at once; the others when the notification arrives
     return view
 
 

@@ -15,7 +15,7 @@ from meter.admin import audit
 from meter.admin.schema import ERRORS, TEXT_PATTERN
 from meter.credentials import new_id
 from meter.db import notices
-from meter.db.models import tenants
+from meter.db.models import api_keys, tenants
 from meter.errors import InvalidRequest, NotFound
 from meter.proxy.auth import KeyCache
 
@@ -97,8 +97,10 @@ async def update_tenant(conn: AsyncConnection, tenant_id: str, change: TenantPat
         values.get("status", ""), "tenant.update"
     )
     await audit.record(conn, actor, action, tenant_id, values)
-    if "status" in values:
-        await notices.keys_changed(conn)  # every process re-reads this tenant's keys at once
+    if "status" in values:  # every process re-reads this tenant's keys at once
+        hashes = (api_keys.c.key_hash, api_keys.c.previous_key_hash)
+        rows = (await conn.execute(select(*hashes).where(api_keys.c.tenant_id == tenant_id))).all()
+        await notices.keys_withdrawn(conn, [h for row in rows for h in row])
     return Tenant(**row)
 
 

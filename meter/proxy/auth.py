@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meter.credentials import hash_key
 from meter.db.engine import once_more_if_disconnected
-from meter.db.notices import KEYS_CHANNEL
+from meter.db.notices import EVERY_KEY, KEYS_CHANNEL
 from meter.db.queries import key_by_hash
 from meter.errors import AuthenticationFailed, Overloaded, PermissionDenied
 from meter.metrics import Metrics
@@ -68,6 +68,9 @@ class KeyCache:
         # to serve while Postgres cannot answer.
         self._entries: dict[str, tuple[float, _KeyRecord | None]] = {}
         self._stale: set[str] = set()
+        # Keys that may have been withdrawn (revoked, rotated, tenant suspended): re-read, never
+        # served from cache while Postgres is away.
+        self._withdrawn: set[str] = set()
         # Concurrent first requests with one key share one query.
         self._loading: dict[str, asyncio.Future[_KeyRecord | None]] = {}
 
@@ -84,12 +87,15 @@ class KeyCache:
             raise PermissionDenied("This organization has been disabled.")
         return record.caller
 
-    def forget(self, key_hash: str | None = None) -> None:
-        """Make the next request with this key (or any key) read Postgres again."""
-        if key_hash is None:
-            self._stale.update(self._entries)
-        elif key_hash in self._entries:
+    def forget(self) -> None:
+        """Make the next request with any key read Postgres again."""
+        self._stale.update(self._entries)
+
+    def withdraw(self, key_hash: str) -> None:
+        """This key may have stopped working: re-read it, and do not serve it stale meanwhile."""
+        if key_hash in self._entries:
             self._stale.add(key_hash)
+            self._withdrawn.add(key_hash)
 
     async def _lookup(self, key_hash: str) -> _KeyRecord | None:
         cached = self._entries.get(key_hash)
@@ -110,8 +116,9 @@ class KeyCache:
             record = _record(row, key_hash)
         except (DBAPIError, OSError) as exc:
             future.cancel()
-            # Postgres briefly away: keep serving keys seen recently rather than refuse everyone.
-            if cached is not None and now - cached[0] < STALE_IF_ERROR_S:
+            # Postgres briefly away: keep serving keys seen recently rather than refuse everyone,
+            # but never one an admin change marked for re-reading (it may have been revoked).
+            if cached is not None and key_hash not in self._withdrawn and now - cached[0] < STALE_IF_ERROR_S:
                 return cached[1]
             raise Overloaded("meter's database is unavailable; try again shortly.") from exc
         except BaseException:
@@ -123,8 +130,10 @@ class KeyCache:
         if len(self._entries) >= MAX_CACHED_KEYS:
             self._entries.clear()
             self._stale.clear()
+            self._withdrawn.clear()
         self._entries[key_hash] = (now, record)
         self._stale.discard(key_hash)
+        self._withdrawn.discard(key_hash)
         return record
 
     async def listen(self, database_url: str) -> None:
@@ -152,7 +161,10 @@ class KeyCache:
             await asyncio.sleep(0.5)
 
     def _on_notice(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
-        self.forget(None if payload == "*" else payload)
+        if payload == EVERY_KEY:
+            self.forget()
+        else:
+            self.withdraw(payload)
 
 
 def _record(row: dict[str, Any] | None, key_hash: str) -> _KeyRecord | None:

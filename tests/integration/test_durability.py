@@ -126,3 +126,34 @@ def test_two_processes_migrating_at_once(postgres_server: str, processes: int, t
     ]
     assert [run.wait(120) for run in runs] == [0] * processes
     migrate.check(url)
+
+
+def test_a_revoked_key_is_not_served_from_cache_while_postgres_is_down(upstream: Process, tmp_path: Path) -> None:
+    postgres = EmbeddedPostgres(tmp_path / "pg")
+    try:
+        url = create_database(postgres.url(), "meter")
+        migrate.upgrade(url)
+        meter = start_meter(url, upstream.base_url, tmp_path / "meter")
+        try:
+            admin = Admin(meter.base_url)
+            kept, revoked = (admin.issue_key(admin.create_tenant(name)["id"]) for name in ("kept", "revoked"))
+            for key in (kept, revoked):
+                assert (
+                    httpx.post(meter.base_url + "/v1/messages", json=BODY, headers=headers_of(key)).status_code == 200
+                )
+            assert admin.request("POST", f"/admin/keys/{revoked['id']}/revoke").status_code == 200
+            postgres.stop()
+            during = [
+                httpx.post(meter.base_url + "/v1/messages", json=BODY, headers=headers_of(key)).status_code
+                for key in (kept, revoked)
+            ]
+            postgres.start()
+        finally:
+            meter.stop()
+        assert during == [200, 529]  # the unchanged key is served from cache; the revoked one never
+    finally:
+        postgres.cleanup()
+
+
+def headers_of(key: dict[str, Any]) -> dict[str, str]:
+    return {"x-api-key": key["key"], "anthropic-version": "2023-06-01"}
