@@ -124,6 +124,8 @@ def _run_gateway(settings: Settings, demo_mode: bool) -> None:
         # The upstream's own Date and Server headers are relayed instead.
         server_header=False,
         date_header=False,
+        # meter does not use the client's address; skip the middleware that rewrites it per request.
+        proxy_headers=False,
         log_level="warning",
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
