@@ -5,6 +5,8 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,23 +52,30 @@ def test_sigterm_during_a_stream_finishes_it_and_loses_no_row(
         assert ledger.row(request_id, timeout_s=1)["status"] == 200
 
 
-def test_postgres_restart_during_traffic_loses_no_row(upstream: Process, tmp_path: Path) -> None:
-    postgres = EmbeddedPostgres(tmp_path / "pg")
+@contextmanager
+def meter_on_own_postgres(upstream: Process, directory: Path) -> Iterator[tuple[Process, EmbeddedPostgres, str]]:
+    """A meter process on a Postgres of its own, which the test may stop and start."""
+    postgres = EmbeddedPostgres(directory / "pg")
     try:
         url = create_database(postgres.url(), "meter")
         migrate.upgrade(url)
-        meter = start_meter(url, upstream.base_url, tmp_path / "meter")
+        meter = start_meter(url, upstream.base_url, directory / "meter")
         try:
-            served = run_traffic_across_outage(meter, postgres)
+            yield meter, postgres, url
         finally:
             meter.stop()
-        ledger = Ledger(url)
-        recorded = {row["request_id"] for row in ledger.rows()}
-        assert served["ok"] and served["ok"] <= recorded, f"missing: {len(served['ok'] - recorded)}"
-        assert served["during_outage"], "requests with a known key should be served while Postgres is down"
-        assert "ledger rows dropped" not in meter.output()
     finally:
         postgres.cleanup()
+
+
+def test_postgres_restart_during_traffic_loses_no_row(upstream: Process, tmp_path: Path) -> None:
+    with meter_on_own_postgres(upstream, tmp_path) as (meter, postgres, url):
+        served = run_traffic_across_outage(meter, postgres)
+        meter.stop()  # it writes what it still holds, then the ledger is read
+        recorded = {row["request_id"] for row in Ledger(url).rows()}
+    assert served["ok"] and served["ok"] <= recorded, f"missing: {len(served['ok'] - recorded)}"
+    assert served["during_outage"], "requests with a known key should be served while Postgres is down"
+    assert "ledger rows dropped" not in meter.output()
 
 
 def run_traffic_across_outage(meter: Process, postgres: EmbeddedPostgres) -> dict[str, Any]:
@@ -129,30 +138,19 @@ def test_two_processes_migrating_at_once(postgres_server: str, processes: int, t
 
 
 def test_a_revoked_key_is_not_served_from_cache_while_postgres_is_down(upstream: Process, tmp_path: Path) -> None:
-    postgres = EmbeddedPostgres(tmp_path / "pg")
-    try:
-        url = create_database(postgres.url(), "meter")
-        migrate.upgrade(url)
-        meter = start_meter(url, upstream.base_url, tmp_path / "meter")
-        try:
-            admin = Admin(meter.base_url)
-            kept, revoked = (admin.issue_key(admin.create_tenant(name)["id"]) for name in ("kept", "revoked"))
-            for key in (kept, revoked):
-                assert (
-                    httpx.post(meter.base_url + "/v1/messages", json=BODY, headers=headers_of(key)).status_code == 200
-                )
-            assert admin.request("POST", f"/admin/keys/{revoked['id']}/revoke").status_code == 200
-            postgres.stop()
-            during = [
-                httpx.post(meter.base_url + "/v1/messages", json=BODY, headers=headers_of(key)).status_code
-                for key in (kept, revoked)
-            ]
-            postgres.start()
-        finally:
-            meter.stop()
-        assert during == [200, 529]  # the unchanged key is served from cache; the revoked one never
-    finally:
-        postgres.cleanup()
+    with meter_on_own_postgres(upstream, tmp_path) as (meter, postgres, _):
+        admin = Admin(meter.base_url)
+        kept, revoked = (admin.issue_key(admin.create_tenant(name)["id"]) for name in ("kept", "revoked"))
+        for key in (kept, revoked):
+            assert httpx.post(meter.base_url + "/v1/messages", json=BODY, headers=headers_of(key)).status_code == 200
+        assert admin.request("POST", f"/admin/keys/{revoked['id']}/revoke").status_code == 200
+        postgres.stop()
+        during = [
+            httpx.post(meter.base_url + "/v1/messages", json=BODY, headers=headers_of(key)).status_code
+            for key in (kept, revoked)
+        ]
+        postgres.start()
+    assert during == [200, 529]  # the unchanged key is served from cache; the revoked one never
 
 
 def headers_of(key: dict[str, Any]) -> dict[str, str]:
