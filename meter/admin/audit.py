@@ -13,6 +13,7 @@ from litestar.params import Parameter
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from meter.admin.pagination import fetch_page
 from meter.admin.schema import ERRORS
 from meter.credentials import new_id
 from meter.db.models import audit_log
@@ -57,14 +58,11 @@ class AuditPage(msgspec.Struct):
 
 
 async def list_audit(conn: AsyncConnection, subject_id: str | None, after: str | None, limit: int) -> AuditPage:
-    query = select(audit_log).order_by(audit_log.c.id).limit(limit + 1)
+    query = select(audit_log)
     if subject_id:
         query = query.where(audit_log.c.subject_id == subject_id)
-    if after:
-        query = query.where(audit_log.c.id > after)
-    rows = (await conn.execute(query)).mappings().all()
-    entries = [AuditEntry(**row) for row in rows[:limit]]
-    return AuditPage(data=entries, next_cursor=entries[-1].id if len(rows) > limit else None)
+    rows, next_cursor = await fetch_page(conn, query, audit_log.c.id, after, limit)
+    return AuditPage(data=[AuditEntry(**row) for row in rows], next_cursor=next_cursor)
 
 
 class AuditController(Controller):

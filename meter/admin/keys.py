@@ -17,6 +17,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from meter.admin import audit
+from meter.admin.pagination import fetch_page
 from meter.admin.schema import ERRORS, ModelId, Text
 from meter.admin.tenants import get_tenant
 from meter.credentials import display_prefix, generate_key, hash_key, new_id
@@ -87,12 +88,9 @@ async def issue_key(conn: AsyncConnection, tenant_id: str, spec: KeyCreate, acto
 
 async def list_keys(conn: AsyncConnection, tenant_id: str, after: str | None, limit: int) -> KeyPage:
     await get_tenant(conn, tenant_id)
-    query = select(*_PUBLIC).where(api_keys.c.tenant_id == tenant_id).order_by(api_keys.c.id).limit(limit + 1)
-    if after:
-        query = query.where(api_keys.c.id > after)
-    rows = (await conn.execute(query)).mappings().all()
-    page = [ApiKey(**row) for row in rows[:limit]]
-    return KeyPage(data=page, next_cursor=page[-1].id if len(rows) > limit else None)
+    query = select(*_PUBLIC).where(api_keys.c.tenant_id == tenant_id)
+    rows, next_cursor = await fetch_page(conn, query, api_keys.c.id, after, limit)
+    return KeyPage(data=[ApiKey(**row) for row in rows], next_cursor=next_cursor)
 
 
 async def revoke_key(conn: AsyncConnection, key_id: str, actor: str) -> ApiKey:

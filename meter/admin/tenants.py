@@ -12,6 +12,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from meter.admin import audit
+from meter.admin.pagination import fetch_page
 from meter.admin.schema import ERRORS, TEXT_PATTERN
 from meter.credentials import new_id
 from meter.db import notices
@@ -68,14 +69,11 @@ async def get_tenant(conn: AsyncConnection, tenant_id: str) -> Tenant:
 
 
 async def list_tenants(conn: AsyncConnection, after: str | None, limit: int, status: str | None = None) -> TenantPage:
-    query = select(tenants).order_by(tenants.c.id).limit(limit + 1)
-    if after:
-        query = query.where(tenants.c.id > after)
+    query = select(tenants)
     if status:
         query = query.where(tenants.c.status == status)
-    rows = (await conn.execute(query)).mappings().all()
-    page = [Tenant(**row) for row in rows[:limit]]
-    return TenantPage(data=page, next_cursor=page[-1].id if len(rows) > limit else None)
+    rows, next_cursor = await fetch_page(conn, query, tenants.c.id, after, limit)
+    return TenantPage(data=[Tenant(**row) for row in rows], next_cursor=next_cursor)
 
 
 async def update_tenant(conn: AsyncConnection, tenant_id: str, change: TenantPatch, actor: str) -> Tenant:

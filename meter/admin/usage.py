@@ -12,6 +12,7 @@ from litestar.params import Parameter
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from meter.admin.pagination import fetch_page
 from meter.admin.schema import ERRORS
 from meter.admin.tenants import get_tenant
 from meter.db.models import usage_daily, usage_events
@@ -59,14 +60,12 @@ def money(value: Decimal | None) -> str | None:
 
 async def list_events(conn: AsyncConnection, tenant_id: str | None, after: str | None, limit: int) -> UsageEventPage:
     """Events in request-id order (time order: ids are time-ordered); `after` is the cursor."""
-    query = select(usage_events).order_by(usage_events.c.request_id).limit(limit + 1)
+    query = select(usage_events)
     if tenant_id:
         query = query.where(usage_events.c.tenant_id == tenant_id)
-    if after:
-        query = query.where(usage_events.c.request_id > after)
-    rows = (await conn.execute(query)).mappings().all()
-    events = [UsageEvent(**{**row, "cost_usd": money(row["cost_usd"])}) for row in rows[:limit]]
-    return UsageEventPage(data=events, next_cursor=events[-1].request_id if len(rows) > limit else None)
+    rows, next_cursor = await fetch_page(conn, query, usage_events.c.request_id, after, limit)
+    events = [UsageEvent(**{**row, "cost_usd": money(row["cost_usd"])}) for row in rows]
+    return UsageEventPage(data=events, next_cursor=next_cursor)
 
 
 class UsageRow(msgspec.Struct):

@@ -101,6 +101,24 @@ def _optional(kind: type) -> Callable[[str], object]:
     return parse
 
 
+PAGE = 1000
+
+
+def _every_page(fetch: Callable[[AsyncConnection, str | None], Awaitable[Any]]) -> Callable[[AsyncConnection], Any]:
+    """All the records of a paginated list, for printing in one table."""
+
+    async def every(conn: AsyncConnection) -> list[Any]:
+        found: list[Any] = []
+        cursor = None
+        while True:
+            page = await fetch(conn, cursor)
+            found += page.data
+            if (cursor := page.next_cursor) is None:
+                return found
+
+    return every
+
+
 def _run(args: argparse.Namespace, work: Callable[[AsyncConnection], Awaitable[Any]]) -> None:
     emit(common.in_transaction(common.settings(args), work), args.format)
 
@@ -110,16 +128,7 @@ def _tenants_create(args: argparse.Namespace) -> None:
 
 
 def _tenants_list(args: argparse.Namespace) -> None:
-    async def every(conn: AsyncConnection) -> list[tenants.Tenant]:
-        found: list[tenants.Tenant] = []
-        cursor = None
-        while True:
-            page = await tenants.list_tenants(conn, cursor, 1000, args.status)
-            found += page.data
-            if (cursor := page.next_cursor) is None:
-                return found
-
-    _run(args, every)
+    _run(args, _every_page(lambda conn, cursor: tenants.list_tenants(conn, cursor, PAGE, args.status)))
 
 
 def _tenants_show(args: argparse.Namespace) -> None:
@@ -149,16 +158,7 @@ def _keys_issue(args: argparse.Namespace) -> None:
 
 
 def _keys_list(args: argparse.Namespace) -> None:
-    async def every(conn: AsyncConnection) -> list[keys.ApiKey]:
-        found: list[keys.ApiKey] = []
-        cursor = None
-        while True:
-            page = await keys.list_keys(conn, args.tenant_id, cursor, 1000)
-            found += page.data
-            if (cursor := page.next_cursor) is None:
-                return found
-
-    _run(args, every)
+    _run(args, _every_page(lambda conn, cursor: keys.list_keys(conn, args.tenant_id, cursor, PAGE)))
 
 
 def _keys_revoke(args: argparse.Namespace) -> None:

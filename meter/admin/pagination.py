@@ -1,0 +1,23 @@
+"""Cursor pagination, the one way every admin list pages: ids are time-ordered, so the cursor is the
+last id of a page and the next page is everything after it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Select
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+
+async def fetch_page(
+    conn: AsyncConnection, query: Select[Any], cursor: Any, after: str | None, limit: int
+) -> tuple[Sequence[RowMapping], str | None]:
+    """Up to `limit` rows of `query` ordered by the `cursor` column, after `after`; and the cursor of
+    the next page, or None on the last one."""
+    query = query.order_by(cursor).limit(limit + 1)
+    if after:
+        query = query.where(cursor > after)
+    rows = (await conn.execute(query)).mappings().all()
+    return rows[:limit], (str(rows[limit - 1][cursor.name]) if len(rows) > limit else None)
