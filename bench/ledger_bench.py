@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
@@ -23,6 +22,7 @@ from bench.stats import percentile, run_async
 from meter.db import migrate
 from meter.db.engine import create_engine
 from meter.db.models import usage_events
+from meter.db.rows import LedgerRow
 from meter.ledger import LedgerWriter
 from meter.metrics import Metrics
 from meter.settings import Settings
@@ -56,39 +56,39 @@ class LedgerRun:
         return percentile(self.lags_s, q)
 
 
-def synthetic_rows(prefix: str, count: int) -> list[dict[str, Any]]:
+def synthetic_rows(prefix: str, count: int) -> list[LedgerRow]:
     """Rows shaped like the recorder's: a priced, non-streamed 200 of a few hundred tokens."""
     started = datetime.now(UTC)
     return [
-        {
-            "request_id": f"{prefix}_{i:09d}",
-            "tenant_id": "ten_bench",
-            "key_id": "key_bench",
-            "model": "claude-sonnet-4-6",
-            "endpoint": "messages",
-            "stream": False,
-            "status": 200,
-            "error_type": None,
-            "input_tokens": 250,
-            "output_tokens": 120,
-            "cache_creation_input_tokens": 0,
-            "cache_creation_5m_input_tokens": 0,
-            "cache_creation_1h_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-            "cost_usd": Decimal("0.002550000000"),
-            "partial": False,
-            "stop_reason": "end_turn",
-            "upstream_request_id": f"req_up_{i:09d}",
-            "started_at": started,
-            "finished_at": started + timedelta(milliseconds=350),
-            "duration_ms": 350,
-            "ttfb_ms": None,
-        }
+        LedgerRow(
+            request_id=f"{prefix}_{i:09d}",
+            tenant_id="ten_bench",
+            key_id="key_bench",
+            model="claude-sonnet-4-6",
+            endpoint="messages",
+            stream=False,
+            status=200,
+            error_type=None,
+            input_tokens=250,
+            output_tokens=120,
+            cache_creation_input_tokens=0,
+            cache_creation_5m_input_tokens=0,
+            cache_creation_1h_input_tokens=0,
+            cache_read_input_tokens=0,
+            cost_usd=Decimal("0.002550000000"),
+            partial=False,
+            stop_reason="end_turn",
+            upstream_request_id=f"req_up_{i:09d}",
+            started_at=started,
+            finished_at=started + timedelta(milliseconds=350),
+            duration_ms=350,
+            ttfb_ms=None,
+        )
         for i in range(count)
     ]
 
 
-async def _run(writer: LedgerWriter, registry: CollectorRegistry, run: LedgerRun, rows: list[dict[str, Any]]) -> None:
+async def _run(writer: LedgerWriter, registry: CollectorRegistry, run: LedgerRun, rows: list[LedgerRow]) -> None:
     queued_at: list[float] = []
     base = registry.get_sample_value("meter_ledger_rows_written_total") or 0.0
 

@@ -5,20 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import logging
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from litestar import Litestar, MediaType, Request, Response, Router, asgi, get, head
+from litestar import Litestar, Router
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, ValidationException
-from litestar.handlers import ASGIRouteHandler
 from litestar.openapi import OpenAPIConfig
-from litestar.types import Receive, Scope, Send
-from prometheus_client import CollectorRegistry, make_asgi_app, multiprocess
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meter.admin.audit import AuditController, token_actor
@@ -30,13 +23,13 @@ from meter.admin.prices import PriceController
 from meter.admin.statements import StatementController
 from meter.admin.tenants import TenantController
 from meter.admin.usage import UsageController
-from meter.credentials import new_id
 from meter.db import migrate
 from meter.db.engine import create_engine, create_hot_engine
-from meter.db.queries import load_prices, tenant_budgets
-from meter.errors import InternalError, InvalidRequest, MeterError, MethodNotAllowed, NotFound, RequestTooLarge
+from meter.errors import render_error
+from meter.gauges import report_budgets
+from meter.health import health_routes
 from meter.ledger import LedgerWriter
-from meter.metrics import Metrics
+from meter.metrics import Metrics, exposition_route, mark_process_dead
 from meter.pricing import PriceTable
 from meter.proxy.auth import KeyCache
 from meter.proxy.forward import Upstream
@@ -45,13 +38,6 @@ from meter.proxy.limits import Limiter
 from meter.proxy.recorder import Recorder
 from meter.proxy.routes import ProxyRoutes
 from meter.settings import Settings
-
-log = logging.getLogger("meter")
-# Set (by `meter serve --workers N`) when worker processes share their metrics through files.
-MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
-# Price changes reach every process within this time (the table is small).
-PRICE_REFRESH_S = 1.0
-BUDGET_REPORT_S = 5.0
 
 
 @dataclass
@@ -108,19 +94,19 @@ def create_app_from_env() -> ProxyRoutes:
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> ProxyRoutes:
     """The ASGI app: Anthropic's paths go straight to the gateway, the rest to Litestar."""
     parts = build_parts(settings, registry)
-    expected_heads = migrate.current_heads(settings.database_url or "")
+    database_url = settings.database_url or ""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        await _reload_prices(parts)
+        await parts.prices.load(parts.engine)
         parts.ledger.start()
         # What start-up allocated lives as long as the process: keep it out of every GC pass.
         gc.freeze()
         background = [
-            asyncio.create_task(_refresh_prices(parts)),
+            asyncio.create_task(parts.prices.follow(parts.engine)),
             asyncio.create_task(parts.gateway.limiter.housekeeping()),
-            asyncio.create_task(parts.keys.listen(settings.database_url or "")),
-            asyncio.create_task(_report_budgets(parts)),
+            asyncio.create_task(parts.keys.listen(database_url)),
+            asyncio.create_task(report_budgets(parts.engine, parts.metrics)),
         ]
         try:
             yield
@@ -131,27 +117,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             await parts.upstream.aclose()
             await parts.engine.dispose()
             await parts.hot_engine.dispose()
-            if MULTIPROCESS_DIR in os.environ:
-                multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
-
-    @get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @get("/readyz", include_in_schema=False)
-    async def readyz() -> Response[dict[str, str]]:
-        try:
-            async with parts.engine.connect() as conn:
-                heads = set((await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars())
-        except Exception as exc:  # any failure means not ready; say which
-            return Response({"status": "database unreachable", "error": exc.__class__.__name__}, status_code=503)
-        if heads != expected_heads:
-            return Response({"status": "migrations not at head"}, status_code=503)
-        return Response({"status": "ready"})
-
-    @head("/", include_in_schema=False)
-    async def probe() -> None:
-        """Claude Code's connectivity probe."""
+            mark_process_dead()
 
     actor = token_actor(settings.admin_token or "")
     admin = Router(
@@ -174,102 +140,13 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             "actor": Provide(lambda: actor, sync_to_thread=False),
         },
     )
-    service_routes = [healthz, readyz, probe, _metrics_route(parts.metrics.registry)]
+    heads = migrate.current_heads(database_url)
+    service_routes = [*health_routes(parts.engine, heads), exposition_route(parts.metrics.registry)]
     app = Litestar(
         route_handlers=[admin, *service_routes],
         lifespan=[lifespan],
-        exception_handlers={Exception: _render_error},
+        exception_handlers={Exception: render_error},
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="meter", version="0.1.0", path="/schema"),
     )
     return ProxyRoutes(app, parts.gateway)
-
-
-def _metrics_route(registry: CollectorRegistry) -> ASGIRouteHandler:
-    if MULTIPROCESS_DIR in os.environ:
-        # Several worker processes: every scrape reports the sum of their values.
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    exposition = make_asgi_app(registry)
-
-    # Annotated wrapper: Litestar inspects handler signatures, and prometheus' app has none.
-    async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
-        await exposition(scope, receive, send)
-
-    return asgi("/metrics", copy_scope=True, include_in_schema=False)(metrics)
-
-
-def _render_error(request: Request, exc: Exception) -> Response[bytes]:  # type: ignore[type-arg]
-    """Every error outside the proxy path (admin, unknown paths) in Anthropic's error format."""
-    error = _as_meter_error(exc)
-    request_id = new_id("req")
-    headers = {k.decode(): v.decode() for k, v in error.response_headers(request_id)}
-    return Response(error.body(request_id), status_code=error.status, headers=headers, media_type=MediaType.JSON)
-
-
-def _as_meter_error(exc: Exception) -> MeterError:
-    if isinstance(exc, MeterError):
-        return exc
-    if _is_data_error(exc):
-        # Postgres refused a value (a NUL character in a path, a number too large): the request's fault.
-        return InvalidRequest("A value in the request cannot be stored: a character or a number is out of range.")
-    if isinstance(exc, ValidationException):
-        detail = "; ".join(
-            f"{e.get('key', 'body')}: {e.get('message')}" for e in (exc.extra or []) if isinstance(e, dict)
-        )
-        return InvalidRequest(detail or exc.detail)
-    if isinstance(exc, HTTPException):
-        if exc.status_code == 404:
-            return NotFound("Not found: no such endpoint.")
-        if exc.status_code == 405:
-            return MethodNotAllowed(exc.detail, {"allow": (exc.headers or {}).get("allow", "")})
-        if exc.status_code == 413:
-            return RequestTooLarge(exc.detail)
-        if exc.status_code < 500:
-            return InvalidRequest(exc.detail)
-    log.error("unexpected error", exc_info=exc)
-    return InternalError("Internal error in meter.")
-
-
-def _is_data_error(exc: Exception) -> bool:
-    """Postgres's class 22 (data exception), however the driver wrapped it."""
-    if isinstance(exc, UnicodeEncodeError):
-        return True
-    if not isinstance(exc, DBAPIError):
-        return False
-    causes = (exc.orig, getattr(exc.orig, "__cause__", None))
-    return any(str(getattr(cause, "sqlstate", "")).startswith("22") for cause in causes)
-
-
-async def _report_budgets(parts: Parts) -> None:
-    """Keep the budget gauges current, for the billing dashboard and the over-budget alert."""
-    metrics = parts.metrics
-    while True:
-        try:
-            async with parts.engine.connect() as conn:
-                for row in await tenant_budgets(conn):
-                    tenant = metrics.tenant_label(row["tenant_id"])
-                    for period in ("day", "month"):
-                        budget = row[f"budget_usd_per_{period}"]
-                        if budget is not None:
-                            used = row[f"{period}_usd"]
-                            metrics.budget_used.labels(tenant, period).set(float(used / budget) if budget else 1.0)
-                    if row["credit_balance_usd"] is not None:
-                        metrics.credit_balance.labels(tenant).set(float(row["credit_balance_usd"]))
-        except Exception:  # the gauges just go stale until the next try
-            log.warning("budget gauges refresh failed", exc_info=True)
-        await asyncio.sleep(BUDGET_REPORT_S)
-
-
-async def _reload_prices(parts: Parts) -> None:
-    async with parts.engine.connect() as conn:
-        parts.prices.replace(await load_prices(conn))
-
-
-async def _refresh_prices(parts: Parts) -> None:
-    while True:
-        await asyncio.sleep(PRICE_REFRESH_S)
-        try:
-            await _reload_prices(parts)
-        except Exception:  # keep the last good table; the next refresh retries
-            log.warning("price table refresh failed", exc_info=True)

@@ -19,12 +19,12 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meter.db.queries import write_ledger_batch
+from meter.db.rows import LedgerRow, Settlement
 from meter.metrics import Metrics
 
 log = logging.getLogger("meter.ledger")
@@ -32,6 +32,8 @@ log = logging.getLogger("meter.ledger")
 MAX_BACKOFF_S = 2.0
 # A batch that keeps failing while Postgres answers is split to find the row it rejects.
 FAILURES_BEFORE_SPLIT = 3
+
+Entry = tuple[LedgerRow, Settlement | None]
 
 
 class LedgerWriter:
@@ -48,7 +50,7 @@ class LedgerWriter:
         self._batch_rows = batch_rows
         self._flush_interval_s = flush_interval_s
         self._max_pending = max_pending
-        self._pending: deque[tuple[dict[str, Any], dict[str, Any] | None]] = deque()
+        self._pending: deque[Entry] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -62,7 +64,7 @@ class LedgerWriter:
         """False while the backlog is full: new requests are refused until it drains."""
         return len(self._pending) < self._max_pending
 
-    def record(self, row: dict[str, Any], settlement: dict[str, Any] | None = None) -> None:
+    def record(self, row: LedgerRow, settlement: Settlement | None = None) -> None:
         """Queue one row (and its settlement). Never blocks and never fails."""
         self._pending.append((row, settlement))
         self._metrics.ledger_pending.set(len(self._pending))
@@ -118,7 +120,7 @@ class LedgerWriter:
                 # Let a batch build up instead of writing rows one at a time under load.
                 await asyncio.sleep(self._flush_interval_s)
 
-    async def _write(self, batch: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
+    async def _write(self, batch: list[Entry]) -> None:
         started = time.perf_counter()
         settlements = [settlement for _, settlement in batch if settlement]
         async with self._engine.connect() as conn:
@@ -143,7 +145,7 @@ class LedgerWriter:
             return False
         return True
 
-    async def _write_one_by_one(self, batch: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
+    async def _write_one_by_one(self, batch: list[Entry]) -> None:
         """Postgres is up but refuses the batch: write row by row and drop only what it rejects."""
         for row, settlement in batch:
             try:
@@ -152,5 +154,5 @@ class LedgerWriter:
                 if not await self._database_answers():
                     return  # Postgres went away meanwhile: keep the rest queued
                 self._metrics.ledger_dropped.inc()
-                log.error("ledger: dropped row %s that Postgres rejected: %s", row.get("request_id"), exc)
+                log.error("ledger: dropped row %s that Postgres rejected: %s", row.request_id, exc)
             self._discard(1)

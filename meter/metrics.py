@@ -6,9 +6,25 @@ are reported as "other".
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+import os
+
+from litestar import asgi
+from litestar.handlers import ASGIRouteHandler
+from litestar.types import Receive, Scope, Send
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    make_asgi_app,
+    multiprocess,
+)
 
 from meter import __version__
+
+# Set (by `meter serve --workers N`) when worker processes share their metrics through files.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 # LLM calls run from tens of milliseconds to many minutes.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -112,3 +128,24 @@ class Metrics:
             self._tenant_labels.add(tenant_id)
             return tenant_id
         return "other"
+
+
+def exposition_route(registry: CollectorRegistry) -> ASGIRouteHandler:
+    """`GET /metrics`: the registry in Prometheus' text format (summed over worker processes)."""
+    if MULTIPROCESS_DIR in os.environ:
+        # Several worker processes: every scrape reports the sum of their values.
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    exposition = make_asgi_app(registry)
+
+    # Annotated wrapper: Litestar inspects handler signatures, and prometheus' app has none.
+    async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
+        await exposition(scope, receive, send)
+
+    return asgi("/metrics", copy_scope=True, include_in_schema=False)(metrics)
+
+
+def mark_process_dead() -> None:
+    """A worker that stops: its live gauges leave the sum (`meter serve --workers N`)."""
+    if MULTIPROCESS_DIR in os.environ:
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

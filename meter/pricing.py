@@ -1,18 +1,30 @@
 """The price table and the exact cost of a usage record.
 
 Prices are USD per million tokens, as Decimals, each with the time it takes effect. A request is
-priced at the price in effect when it started. Costs are exact Decimals: never floats.
+priced at the price in effect when it started. Costs are exact Decimals: never floats. Every
+process holds the whole table and re-reads it every second (`follow`), so a price change reaches
+all of them at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from meter.db.models import prices
 from meter.usage import Usage
+
+log = logging.getLogger("meter.pricing")
+# Price changes reach every process within this time (the table is small).
+REFRESH_S = 1.0
 
 MILLION = Decimal(1_000_000)
 
@@ -68,3 +80,16 @@ class PriceTable:
 
     def __len__(self) -> int:
         return sum(len(rows) for rows in self._by_model.values())
+
+    async def load(self, engine: AsyncEngine) -> None:
+        async with engine.connect() as conn:
+            self.replace(Price(**row) for row in (await conn.execute(select(prices))).mappings())
+
+    async def follow(self, engine: AsyncEngine) -> None:
+        """Reload every REFRESH_S; runs until cancelled."""
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            try:
+                await self.load(engine)
+            except Exception:  # keep the last good table; the next refresh retries
+                log.warning("price table refresh failed", exc_info=True)

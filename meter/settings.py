@@ -14,6 +14,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
+# The database URL forms meter accepts (meter.db.engine rewrites them for each driver).
+POSTGRES_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
 
 
 class ConfigError(ValueError):
@@ -60,7 +62,7 @@ class Settings:
         scheme = urlsplit(self.upstream_url).scheme
         if scheme not in ("http", "https"):
             raise ConfigError(f"METER_UPSTREAM_URL must be an http(s) URL, got {self.upstream_url!r}")
-        if self.database_url is not None and not self.database_url.startswith(("postgresql", "postgres:")):
+        if self.database_url is not None and not self.database_url.startswith(POSTGRES_SCHEMES):
             raise ConfigError("METER_DATABASE_URL must be a postgresql:// URL")
         if not 0 < self.port < 65536:
             raise ConfigError(f"METER_PORT must be a port number, got {self.port}")

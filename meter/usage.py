@@ -48,7 +48,13 @@ class Usage:
 
     @property
     def total_tokens(self) -> int:
+        """What token limits count: input, output and cache tokens alike."""
         return sum(getattr(self, name) for name in COUNTERS)
+
+
+def total_tokens_of(columns: Any) -> Any:
+    """`Usage.total_tokens` as a SQL expression over a table's columns (`table.c`)."""
+    return sum((columns[name] for name in COUNTERS[1:]), columns[COUNTERS[0]])
 
 
 def _int(value: Any) -> int:

@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from meter.admin import audit
 from meter.admin.schema import ERRORS, MAX_PRICE, ModelId, PerMillionTokens, check_usd
 from meter.db.models import prices
-from meter.db.queries import load_prices
 from meter.errors import InvalidRequest
 from meter.pricing import Price, PriceTable
 
@@ -142,6 +141,5 @@ class PriceController(Controller):
     async def put(self, data: PriceUpdate, db: AsyncEngine, price_table: PriceTable, actor: str) -> PriceList:
         async with db.begin() as conn:
             answer = await set_prices(conn, data, actor)
-        async with db.connect() as conn:
-            price_table.replace(await load_prices(conn))
+        await price_table.load(db)  # this process at once; the others within a second
         return answer

@@ -8,14 +8,25 @@ from typing import TypeVar
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from meter.settings import POSTGRES_SCHEMES
+
 T = TypeVar("T")
 
 
 def async_url(url: str) -> str:
     """`postgresql://…` or `postgres://…` as SQLAlchemy's asyncpg URL."""
-    for scheme in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+    return "postgresql+asyncpg://" + _without_scheme(url)
+
+
+def libpq_url(url: str) -> str:
+    """Any of the accepted forms as the plain `postgresql://…` that asyncpg and libpq read."""
+    return "postgresql://" + _without_scheme(url)
+
+
+def _without_scheme(url: str) -> str:
+    for scheme in POSTGRES_SCHEMES:
         if url.startswith(scheme):
-            return "postgresql+asyncpg://" + url[len(scheme) :]
+            return url[len(scheme) :]
     raise ValueError(f"not a postgresql:// URL: {url!r}")
 
 

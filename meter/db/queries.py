@@ -1,16 +1,18 @@
-"""The hot path's SQL, written out: one key lookup, one batched ledger insert, the price table."""
+"""The hot path's SQL, written out: one key lookup, one batched ledger insert; and the few reads
+of background tasks (budget gauges, readiness)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 from sqlalchemy import func, or_, select, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from meter.db.models import LIMIT_SETTINGS, api_keys, limits, prices, tenants
-from meter.pricing import Price
+from meter.db.models import LIMIT_SETTINGS, api_keys, limits, tenants, usage_events
+from meter.db.rows import LEDGER_FIELDS, LedgerRow, Settlement
 
 _tenant_limits = limits.alias("tenant_limits")
 _key_limits = limits.alias("key_limits")
@@ -53,31 +55,9 @@ async def key_by_hash(conn: AsyncConnection, key_hash: str) -> dict[str, Any] | 
     return dict(row) if row else None
 
 
-# The ledger columns and their Postgres array types, in insert order.
-LEDGER_COLUMNS = {
-    "request_id": "text",
-    "tenant_id": "text",
-    "key_id": "text",
-    "model": "text",
-    "endpoint": "text",
-    "stream": "boolean",
-    "status": "smallint",
-    "error_type": "text",
-    "input_tokens": "bigint",
-    "output_tokens": "bigint",
-    "cache_creation_input_tokens": "bigint",
-    "cache_creation_5m_input_tokens": "bigint",
-    "cache_creation_1h_input_tokens": "bigint",
-    "cache_read_input_tokens": "bigint",
-    "cost_usd": "numeric",
-    "partial": "boolean",
-    "stop_reason": "text",
-    "upstream_request_id": "text",
-    "started_at": "timestamptz",
-    "finished_at": "timestamptz",
-    "duration_ms": "integer",
-    "ttfb_ms": "integer",
-}
+# The ledger row's fields are the insert's columns; each is sent as an array of its column's type.
+_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+_ARRAY_TYPES = {name: usage_events.c[name].type.compile(dialect=_DIALECT) for name in LEDGER_FIELDS}
 _COUNTERS = (
     "input_tokens",
     "output_tokens",
@@ -86,7 +66,7 @@ _COUNTERS = (
     "cache_creation_1h_input_tokens",
     "cache_read_input_tokens",
 )
-_names = ", ".join(LEDGER_COLUMNS)
+_names = ", ".join(LEDGER_FIELDS)
 
 # One statement, one round trip, atomic: insert the rows (a request id already there is skipped, so
 # a retried batch is harmless), and for the rows actually inserted, and only those, add them to the
@@ -95,7 +75,7 @@ _WRITE_BATCH = text(
     f"""
 WITH inserted AS (
     INSERT INTO usage_events ({_names})
-    SELECT * FROM unnest({", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in LEDGER_COLUMNS.items())})
+    SELECT * FROM unnest({", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _ARRAY_TYPES.items())})
     ON CONFLICT (request_id) DO NOTHING
     RETURNING *
 ), daily AS (
@@ -124,16 +104,11 @@ SELECT meter_settle(COALESCE(
 
 
 async def write_ledger_batch(
-    conn: AsyncConnection, rows: Sequence[dict[str, Any]], settlements: Sequence[dict[str, Any]]
+    conn: AsyncConnection, rows: Sequence[LedgerRow], settlements: Sequence[Settlement]
 ) -> None:
     """Write ledger rows, their rollups and their settlements (see _WRITE_BATCH)."""
-    columns: dict[str, Any] = {name: [row[name] for row in rows] for name in LEDGER_COLUMNS}
-    await conn.execute(_WRITE_BATCH, {**columns, "settlements": json.dumps(list(settlements))})
-
-
-async def load_prices(conn: AsyncConnection) -> list[Price]:
-    result = await conn.execute(select(prices))
-    return [Price(**row) for row in result.mappings()]
+    columns: dict[str, Any] = {name: [getattr(row, name) for row in rows] for name in LEDGER_FIELDS}
+    await conn.execute(_WRITE_BATCH, {**columns, "settlements": msgspec.json.encode(settlements).decode()})
 
 
 _BUDGETS = text(
@@ -152,3 +127,8 @@ WHERE subject_id = tenant_id
 async def tenant_budgets(conn: AsyncConnection) -> list[dict[str, Any]]:
     """Every tenant with a USD budget or prepaid credit, with what it spent this day and month."""
     return [dict(row) for row in (await conn.execute(_BUDGETS)).mappings()]
+
+
+async def migration_heads(conn: AsyncConnection) -> set[str]:
+    """The migrations the database is at."""
+    return set((await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars())

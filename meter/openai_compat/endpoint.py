@@ -1,4 +1,6 @@
-"""`POST /v1/chat/completions`: the OpenAI dialect of the gateway (see meter/proxy/dialect.py).
+"""`POST /v1/chat/completions`: the OpenAI dialect of the gateway, a handler of the endpoint table
+(meter/proxy/handler.py). The tenant's request is translated into an Anthropic Messages request,
+which meter meters like any other; the answer, stream or error is translated back.
 
 Errors keep their HTTP status and headers (retry-after, rate-limit headers) and take OpenAI's
 shape, so the openai SDK raises the exception that matches the status.
@@ -19,6 +21,9 @@ from meter.openai_compat.errors import (
 from meter.openai_compat.request import to_anthropic
 from meter.openai_compat.response import to_openai
 from meter.openai_compat.stream import ChunkTranslator
+from meter.proxy.exchange import Exchange
+from meter.proxy.handler import ANTHROPIC_VERSION, TenantRequest, UpstreamRequest
+from meter.proxy.request import read_fields
 
 
 class InvalidChatRequest(InvalidRequest):
@@ -38,7 +43,14 @@ class ChatCompletions:
         self._include_usage = False
         self._created = int(time.time())
 
+    def prepare(self, exchange: Exchange, request: TenantRequest) -> UpstreamRequest:
+        body = self.request(request.body)
+        read_fields(exchange, body)
+        headers = [*request.forward_headers, (b"anthropic-version", ANTHROPIC_VERSION)]
+        return UpstreamRequest("POST", self.upstream_path, b"", headers, body)
+
     def request(self, body: bytes) -> bytes:
+        """The Anthropic request body for the tenant's; raises InvalidChatRequest if it is invalid."""
         try:
             anthropic_body, self._model, _, self._include_usage = to_anthropic(body)
         except OpenAIRequestError as exc:

@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 
+from meter.errors import ERROR_TYPES
+
 
 class OpenAIRequestError(Exception):
     """The request cannot be served: malformed, wrongly typed, or asks for something Claude lacks."""
@@ -59,26 +61,13 @@ _BY_ANTHROPIC_TYPE: dict[str, tuple[str, str | None]] = {
     "overloaded_error": ("server_error", "overloaded"),
 }
 
-# For bodies without a known Anthropic type (non-JSON, a load balancer's HTML page, a new type).
-_BY_STATUS: dict[int, str] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
-
-
 def openai_error_kind(anthropic_type: str | None, status: int | None) -> tuple[str, str | None]:
-    """OpenAI (type, code) for an Anthropic error type, falling back to the HTTP status."""
+    """OpenAI (type, code) for an Anthropic error type, falling back to the HTTP status (bodies
+    without a known Anthropic type: non-JSON, a load balancer's HTML page, a new type)."""
     if anthropic_type in _BY_ANTHROPIC_TYPE:
         return _BY_ANTHROPIC_TYPE[anthropic_type]
-    if status is not None and status in _BY_STATUS:
-        return _BY_ANTHROPIC_TYPE[_BY_STATUS[status]]
+    if status is not None and status in ERROR_TYPES:
+        return _BY_ANTHROPIC_TYPE[ERROR_TYPES[status]]
     if status is not None and 400 <= status < 500:
         return "invalid_request_error", anthropic_type
     return "server_error", anthropic_type

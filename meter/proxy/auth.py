@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meter.credentials import hash_key
-from meter.db.engine import once_more_if_disconnected
+from meter.db.engine import libpq_url, once_more_if_disconnected
 from meter.db.notices import EVERY_KEY, KEYS_CHANNEL
 from meter.db.queries import key_by_hash
 from meter.errors import AuthenticationFailed, Overloaded, PermissionDenied
@@ -140,7 +140,7 @@ class KeyCache:
         """Follow key changes announced on KEYS_CHANNEL; reconnect on loss. Runs until cancelled."""
         while True:
             try:
-                connection = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+                connection = await asyncpg.connect(libpq_url(database_url))
             except (OSError, asyncpg.PostgresError):
                 await asyncio.sleep(1.0)
                 continue

@@ -15,6 +15,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from meter.errors import UpstreamTimeout, UpstreamUnavailable
+from meter.proxy.handler import UpstreamRequest
 
 # Never forwarded in either direction: hop-by-hop headers (RFC 9110 7.6.1) and the framing that
 # the server on each side recomputes.
@@ -63,12 +64,14 @@ class Upstream:
         headers.append((b"accept-encoding", b"identity"))
         return headers
 
-    async def send(
-        self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> httpx.Response:
+    async def send(self, call: UpstreamRequest) -> httpx.Response:
         """Send a request; the response body is left unread, to be streamed by the caller."""
         request = httpx.Request(
-            method, self._url(path, query), headers=headers, content=body, extensions={"timeout": self._timeout}
+            call.method,
+            self._url(call.path, call.query),
+            headers=call.headers,
+            content=call.body,
+            extensions={"timeout": self._timeout},
         )
         try:
             return await self._transport.handle_async_request(request)

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import secrets
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -26,9 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from meter.db.engine import once_more_if_disconnected
 from meter.errors import InvalidRequest, MeterError, Overloaded, RateLimited
 from meter.metrics import Metrics
+from meter.money import decimal_text
 from meter.pricing import PriceTable
 from meter.proxy import estimate
-from meter.proxy.recorder import Exchange
+from meter.proxy.exchange import Exchange, Hold
 
 log = logging.getLogger("meter.limits")
 
@@ -48,26 +48,6 @@ PERIOD_WORDS = {
 }
 
 
-@dataclass(frozen=True)
-class Hold:
-    id: str
-    request_id: str
-    subjects: tuple[str, ...]
-    day: str
-    month: str
-
-    def settlement(self, tokens: int, usd: Decimal | None) -> dict[str, Any]:
-        return {
-            "hold": self.id,
-            "request_id": self.request_id,
-            "subjects": list(self.subjects),
-            "day": self.day,
-            "month": self.month,
-            "tokens": tokens,
-            "usd": str(usd or 0),
-        }
-
-
 class Limiter:
     def __init__(
         self, engine: AsyncEngine, hot_engine: AsyncEngine, prices: PriceTable, metrics: Metrics, hold_ttl_s: float
@@ -80,12 +60,12 @@ class Limiter:
         # Identifies this process's holds, renewed while it lives.
         self.owner = "proc_" + secrets.token_hex(6)
 
-    async def reserve(self, exchange: Exchange, body: bytes, max_tokens: int) -> None:
+    async def reserve(self, exchange: Exchange, body: bytes) -> None:
         """Reserve the worst case for `exchange`, or raise the error the tenant should see."""
         caller = exchange.caller
         if not caller.limit_subjects:
             return
-        tokens, usd = self._worst_case(exchange, body, max_tokens)
+        tokens, usd = self._worst_case(exchange, body)
         hold_id = "hold_" + exchange.request_id
         arguments = {
             "hold": hold_id,
@@ -114,10 +94,10 @@ class Limiter:
         exchange.hold = Hold(hold_id, exchange.request_id, caller.limit_subjects, answer["day"], answer["month"])
         exchange.response_headers = ratelimit_headers(answer)
 
-    def _worst_case(self, exchange: Exchange, body: bytes, max_tokens: int) -> tuple[int, Decimal]:
+    def _worst_case(self, exchange: Exchange, body: bytes) -> tuple[int, Decimal]:
         if not exchange.billed:
             return 0, Decimal(0)  # count_tokens is free: it counts against request limits only
-        input_estimate = estimate.input_tokens(body)
+        input_estimate, max_tokens = estimate.input_tokens(body), exchange.max_tokens
         price = self._prices.price_at(exchange.model, datetime.now(UTC))
         if price is None:
             if exchange.caller.needs_price:
@@ -147,9 +127,10 @@ def refusal_error(refusal: dict[str, Any]) -> MeterError:
     reason = refusal["reason"]
     whose = "API key" if str(refusal["subject"]).startswith("key_") else "organization"
     if reason == "credit":
+        remaining, needed = decimal_text(refusal["remaining"]), decimal_text(refusal["needed"])
         return InvalidRequest(
             "Your credit balance is too low to access the Anthropic API: "
-            f"${_usd(refusal['remaining'])} remains and this request may cost up to ${_usd(refusal['needed'])}. "
+            f"${remaining} remains and this request may cost up to ${needed}. "
             "Please ask your provider to add credit."
         )
     retry_after = max(1, math.ceil(float(refusal.get("retry_after", 1))))
@@ -175,7 +156,7 @@ def refusal_error(refusal: dict[str, Any]) -> MeterError:
             headers.update(_family_headers("tokens", limit, remaining, refusal["reset"]))
             amounts = f"{remaining} tokens remain and this request may use up to {needed}"
         else:
-            amounts = f"${_usd(remaining)} remains and this request may cost up to ${_usd(needed)}"
+            amounts = f"${decimal_text(remaining)} remains and this request may cost up to ${decimal_text(needed)}"
         message = f"This request would exceed the {words} of your {whose}: {amounts}."
     return RateLimited(message, headers)
 
@@ -203,7 +184,3 @@ def _rfc3339(value: str) -> str:
     # Rounded up to the second: a client that waits until then finds the headroom there.
     whole = moment.replace(microsecond=0) + (timedelta(seconds=1) if moment.microsecond else timedelta())
     return whole.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _usd(value: Any) -> str:
-    return f"{Decimal(str(value)).normalize():f}"

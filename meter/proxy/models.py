@@ -1,31 +1,42 @@
-"""`GET /v1/models` and `/v1/models/{id}`: a key limited to some models sees only those, and an
+"""`GET /v1/models` and `/v1/models/{model_id}`: a key limited to some models sees only those, and an
 OpenAI client (one that sends no `anthropic-version` header) gets OpenAI's list shape."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
-from urllib.parse import unquote
 
 import msgspec
 
-from meter.errors import NotFound
+from meter.errors import MeterError, NotFound
 from meter.openai_compat.errors import anthropic_error_to_openai
+from meter.proxy.exchange import Exchange
+from meter.proxy.handler import ANTHROPIC_VERSION, StreamTranslator, TenantRequest, UpstreamRequest
 
 
-def models_answer(
-    allowed: frozenset[str] | None, path: str, openai_client: bool
-) -> Callable[[int, bytes], bytes] | None:
-    """The rewrite of the upstream's answer this caller needs, if any. A model the key may not
-    use is refused as if it did not exist. The list is filtered page by page."""
-    model_id = unquote(path.split("/v1/models", 1)[1].strip("/"))
-    if model_id and allowed is not None and model_id not in allowed:
-        raise NotFound(f"model: {model_id}")
-    if allowed is None and not openai_client:
-        return None
+class Models:
+    def __init__(self) -> None:
+        self._allowed: frozenset[str] | None = None
+        self._openai_client = False
 
-    def rewrite(status: int, body: bytes) -> bytes:
+    def prepare(self, exchange: Exchange, request: TenantRequest) -> UpstreamRequest:
+        """A model the key may not use is refused as if it did not exist."""
+        self._allowed = allowed = exchange.caller.allowed_models
+        model_id = request.params.get("model_id")
+        if model_id is not None and allowed is not None and model_id not in allowed:
+            raise NotFound(f"model: {model_id}")
+        headers = request.forward_headers
+        # The documented rule: a models request without Anthropic's version header is an OpenAI client's.
+        self._openai_client = b"anthropic-version" not in request.headers
+        if self._openai_client:
+            headers = [*headers, (b"anthropic-version", ANTHROPIC_VERSION)]
+        return UpstreamRequest(request.method, request.path, request.query, headers, b"")
+
+    def answer(self, status: int, body: bytes) -> bytes:
+        """The list is filtered page by page."""
+        allowed, openai_client = self._allowed, self._openai_client
+        if allowed is None and not openai_client:
+            return body
         if status != 200:
             return anthropic_error_to_openai(status, body) if openai_client else body
         try:
@@ -43,7 +54,11 @@ def models_answer(
             return msgspec.json.encode(answer)
         return msgspec.json.encode(_openai_model(answer)) if openai_client else body
 
-    return rewrite
+    def stream(self) -> StreamTranslator | None:
+        return None
+
+    def error(self, error: MeterError, request_id: str) -> bytes | None:
+        return None
 
 
 def _openai_model(model: dict[str, Any]) -> dict[str, Any]:

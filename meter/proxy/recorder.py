@@ -3,56 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
 
+from meter.db.rows import LedgerRow
 from meter.ledger import LedgerWriter
 from meter.metrics import Metrics
 from meter.pricing import PriceTable
-from meter.proxy.auth import Caller
-
-if TYPE_CHECKING:
-    from meter.proxy.limits import Hold
-from meter.usage import Usage
-
-# Endpoints that generate tokens; the others (count_tokens, models) are free and cost exactly zero.
-BILLED_ENDPOINTS = frozenset({"messages", "chat.completions"})
-
-
-@dataclass
-class Exchange:
-    """One tenant request as it travels through meter; filled in stage by stage."""
-
-    request_id: str
-    caller: Caller
-    endpoint: str
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    started: float = field(default_factory=time.perf_counter)
-    model: str | None = None
-    response_model: str | None = None
-    stream: bool = False
-    status: int = 0
-    error_type: str | None = None
-    usage: Usage = field(default_factory=Usage)
-    partial: bool = False
-    stop_reason: str | None = None
-    upstream_request_id: str | None = None
-    ttfb_s: float | None = None
-    # Set by the limits stage: the reservation to settle, and the rate-limit headers to return.
-    hold: Hold | None = None
-    # What went wrong upstream, if anything did: counted in meter_upstream_errors_total.
-    upstream_error: str | None = None
-    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-
-    @property
-    def billed(self) -> bool:
-        return self.endpoint in BILLED_ENDPOINTS
-
-    def first_byte(self) -> None:
-        if self.ttfb_s is None:
-            self.ttfb_s = time.perf_counter() - self.started
+from meter.proxy.exchange import Exchange
 
 
 class Recorder:
@@ -108,30 +66,30 @@ class Recorder:
             m.cost.labels(tenant, model).inc(float(cost))
 
 
-def _row(exchange: Exchange, duration: float, cost: Decimal | None) -> dict[str, Any]:
+def _row(exchange: Exchange, duration: float, cost: Decimal | None) -> LedgerRow:
     usage = exchange.usage
     five_minute, one_hour = usage.cache_write_split()
-    return {
-        "request_id": exchange.request_id,
-        "tenant_id": exchange.caller.tenant_id,
-        "key_id": exchange.caller.key_id,
-        "model": exchange.model,
-        "endpoint": exchange.endpoint,
-        "stream": exchange.stream,
-        "status": exchange.status,
-        "error_type": exchange.error_type,
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cache_creation_input_tokens": usage.cache_creation_input_tokens,
-        "cache_creation_5m_input_tokens": five_minute,
-        "cache_creation_1h_input_tokens": one_hour,
-        "cache_read_input_tokens": usage.cache_read_input_tokens,
-        "cost_usd": cost,
-        "partial": exchange.partial,
-        "stop_reason": exchange.stop_reason,
-        "upstream_request_id": exchange.upstream_request_id,
-        "started_at": exchange.started_at,
-        "finished_at": exchange.started_at + timedelta(seconds=duration),
-        "duration_ms": round(duration * 1000),
-        "ttfb_ms": None if exchange.ttfb_s is None else round(exchange.ttfb_s * 1000),
-    }
+    return LedgerRow(
+        request_id=exchange.request_id,
+        tenant_id=exchange.caller.tenant_id,
+        key_id=exchange.caller.key_id,
+        model=exchange.model,
+        endpoint=exchange.endpoint,
+        stream=exchange.stream,
+        status=exchange.status,
+        error_type=exchange.error_type,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_creation_input_tokens=usage.cache_creation_input_tokens,
+        cache_creation_5m_input_tokens=five_minute,
+        cache_creation_1h_input_tokens=one_hour,
+        cache_read_input_tokens=usage.cache_read_input_tokens,
+        cost_usd=cost,
+        partial=exchange.partial,
+        stop_reason=exchange.stop_reason,
+        upstream_request_id=exchange.upstream_request_id,
+        started_at=exchange.started_at,
+        finished_at=exchange.started_at + timedelta(seconds=duration),
+        duration_ms=round(duration * 1000),
+        ttfb_ms=None if exchange.ttfb_s is None else round(exchange.ttfb_s * 1000),
+    )

@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import msgspec
 
-from meter.proxy.dialect import StreamTranslator
+from meter.proxy.exchange import Exchange
 from meter.proxy.forward import response_headers
-from meter.proxy.recorder import Exchange
-from meter.proxy.sse import StreamUsageReader
+from meter.proxy.handler import StreamTranslator
+from meter.proxy.stream_usage import StreamUsageReader
 
 _decode = msgspec.json.decode
 UPSTREAM_LOST = "The upstream connection was lost mid-stream."
@@ -38,23 +38,20 @@ def _start(exchange: Exchange, upstream: httpx.Response, length: int | None = No
 
 
 async def relay_whole(
-    exchange: Exchange,
-    upstream: httpx.Response,
-    send: Any,
-    metered: bool,
-    rewrite: Callable[[int, bytes], bytes] | None = None,
+    exchange: Exchange, upstream: httpx.Response, send: Any, rewrite: Callable[[int, bytes], bytes]
 ) -> None:
-    """Relay a whole answer; `rewrite(status, body)` may change it (another dialect, hidden models)."""
+    """Relay a whole answer as `rewrite(status, body)` makes it for the tenant (another dialect,
+    hidden models); usage is read from the upstream's own body."""
     try:
         body = await upstream.aread()
     finally:
         await upstream.aclose()
-    answer = rewrite(upstream.status_code, body) if rewrite is not None else body
+    answer = rewrite(upstream.status_code, body)
     exchange.first_byte()
     await send(_start(exchange, upstream, len(answer)))
     await send({"type": "http.response.body", "body": answer})
     # Bookkeeping after the client has its answer: off the latency path.
-    if metered or upstream.status_code >= 400:
+    if exchange.billed or upstream.status_code >= 400:
         _read_json_answer(exchange, upstream.status_code, body)
     if upstream.status_code == 429 or upstream.status_code >= 500:
         exchange.upstream_error = exchange.error_type or f"http_{upstream.status_code}"

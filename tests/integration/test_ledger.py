@@ -14,15 +14,16 @@ from prometheus_client import CollectorRegistry
 
 from meter.credentials import new_id
 from meter.db.engine import create_engine
+from meter.db.rows import LedgerRow
 from meter.ledger import LedgerWriter
 from meter.metrics import Metrics
 from tests.conftest import Admin, Ledger
 from tests.support import Process, start_meter
 
 
-def synthetic_row(**overrides: Any) -> dict[str, Any]:
+def synthetic_row(**overrides: Any) -> LedgerRow:
     now = datetime.now(UTC)
-    return {
+    fields: dict[str, Any] = {
         "request_id": new_id("req"),
         "tenant_id": "ten_synthetic",
         "key_id": "key_synthetic",
@@ -47,6 +48,7 @@ def synthetic_row(**overrides: Any) -> dict[str, Any]:
         "ttfb_ms": 1,
         **overrides,
     }
+    return LedgerRow(**fields)
 
 
 async def test_rows_are_idempotent_and_invalid_rows_are_isolated(database_url: str, ledger: Ledger) -> None:
@@ -67,8 +69,8 @@ async def test_rows_are_idempotent_and_invalid_rows_are_isolated(database_url: s
         await writer.close()
         await engine.dispose()
     stored = {r["request_id"] for r in await asyncio.to_thread(ledger.rows, tenant_id="ten_synthetic")}
-    assert {r["request_id"] for r in rows} | {last["request_id"]} <= stored
-    assert bad["request_id"] not in stored
+    assert {r.request_id for r in rows} | {last.request_id} <= stored
+    assert bad.request_id not in stored
     assert metrics.ledger_dropped._value.get() == 1
     assert metrics.ledger_written._value.get() >= 121
 

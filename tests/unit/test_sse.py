@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from meter.proxy.sse import StreamUsageReader
+from meter.proxy.stream_usage import StreamUsageReader
 
 # A stream in Anthropic's exact format (shared/anthropic-protocol.md section 3), with thinking,
 # text, tool use, a ping, a multi-byte character, and cumulative message_delta usage.

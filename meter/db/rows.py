@@ -1,0 +1,54 @@
+"""What the request path hands to the ledger writer: typed rows, whose field names are the columns
+of the statement that writes them (db/queries.py builds it from these definitions).
+
+    LedgerRow    one row of `usage_events`: what one tenant request did and cost
+    Settlement   the exact usage that replaces a request's limit reservation (meter_settle's input)
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+import msgspec
+
+
+class LedgerRow(msgspec.Struct, kw_only=True):
+    request_id: str
+    tenant_id: str
+    key_id: str
+    model: str | None
+    endpoint: str
+    stream: bool
+    status: int
+    error_type: str | None
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_creation_5m_input_tokens: int
+    cache_creation_1h_input_tokens: int
+    cache_read_input_tokens: int
+    # None when the model has no price: never a silent $0.
+    cost_usd: Decimal | None
+    partial: bool
+    stop_reason: str | None
+    upstream_request_id: str | None
+    started_at: datetime
+    finished_at: datetime
+    duration_ms: int
+    ttfb_ms: int | None
+
+
+class Settlement(msgspec.Struct, kw_only=True):
+    """Encoded as JSON for meter_settle (see the 0002 migration), which reads these keys."""
+
+    hold: str
+    request_id: str
+    subjects: list[str]
+    day: str
+    month: str
+    tokens: int
+    usd: str  # exact decimal text
+
+
+LEDGER_FIELDS: tuple[str, ...] = LedgerRow.__struct_fields__

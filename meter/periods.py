@@ -1,0 +1,50 @@
+"""UTC calendar periods: the one definition of a day and a month for limits, usage reports and
+statements, in Python and as SQL expressions for queries that compute them in Postgres.
+(meter_reserve and meter_settle, in the 0002 migration, use the same rule in PL/pgSQL.)"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time
+from typing import Any
+
+from sqlalchemy import Date, cast, func
+
+from meter.errors import InvalidRequest
+
+
+def today() -> date:
+    return datetime.now(UTC).date()
+
+
+def month_start(day: date) -> date:
+    return day.replace(day=1)
+
+
+def next_month(day: date) -> date:
+    """The first day of the month after `day`'s."""
+    return date(day.year + 1, 1, 1) if day.month == 12 else date(day.year, day.month + 1, 1)
+
+
+def midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), UTC)
+
+
+def month_bounds(month: str) -> tuple[datetime, datetime]:
+    """`YYYY-MM` as [start, end) instants; InvalidRequest if it is not a month meter can store."""
+    try:
+        start = datetime.strptime(month, "%Y-%m").date()
+    except ValueError:
+        raise InvalidRequest("month: expected YYYY-MM, e.g. 2026-11") from None
+    if start.year >= 9999:
+        raise InvalidRequest("month: must be before 9999-12")
+    return midnight(start), midnight(next_month(start))
+
+
+def sql_day(instant: Any) -> Any:
+    """The UTC day of a timestamptz expression."""
+    return cast(func.timezone("UTC", instant), Date)
+
+
+def sql_month(instant: Any) -> Any:
+    """The first day of the UTC month of a timestamptz expression."""
+    return cast(func.date_trunc("month", func.timezone("UTC", instant)), Date)

@@ -1,0 +1,95 @@
+"""The endpoint table: every method and path a tenant may call, and nothing else.
+
+A request is matched on its decoded path, segment by segment, against these entries; a path that
+matches none is a 404 that never reaches the upstream. What is forwarded is the entry's own path
+with its parameters filled in, never the client's raw path. Adding an endpoint is one entry here
+plus its handler (proxy/handler.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import quote, unquote
+
+from meter.openai_compat.endpoint import ChatCompletions
+from meter.proxy.handler import Handler
+from meter.proxy.messages import Messages
+from meter.proxy.models import Models
+
+# What each kind of path parameter may be.
+PARAMETERS = {"model_id": re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,255}")}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    # Recorded in the ledger's `endpoint` column and the metrics' `endpoint` label.
+    name: str
+    method: str
+    # Literal segments and {parameters} (PARAMETERS says what each may be).
+    path: str
+    handler: Callable[[], Handler]
+    # Generates tokens: priced, and reserved at its worst case before it is forwarded.
+    billed: bool = False
+    # Counts against the caller's limits (only endpoints that reserve can be refused by them).
+    reserves: bool = True
+    segments: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "segments", tuple(self.path.strip("/").split("/")))
+
+    def match(self, segments: list[str]) -> dict[str, str] | None:
+        """The path parameters if `segments` is this endpoint's path, else None."""
+        if len(segments) != len(self.segments):
+            return None
+        params: dict[str, str] = {}
+        for pattern, segment in zip(self.segments, segments, strict=True):
+            if pattern.startswith("{"):
+                name = pattern[1:-1]
+                if not PARAMETERS[name].fullmatch(segment):
+                    return None
+                params[name] = segment
+            elif pattern != segment:
+                return None
+        return params
+
+    def path_with(self, params: dict[str, str]) -> str:
+        """This endpoint's path with its parameters filled in, each percent-encoded."""
+        return "/" + "/".join(
+            quote(params[s[1:-1]], safe="") if s.startswith("{") else s for s in self.segments
+        )
+
+
+ENDPOINTS = (
+    Endpoint("messages", "POST", "/v1/messages", Messages, billed=True),
+    Endpoint("count_tokens", "POST", "/v1/messages/count_tokens", Messages),
+    Endpoint("models", "GET", "/v1/models", Models, reserves=False),
+    Endpoint("models", "GET", "/v1/models/{model_id}", Models, reserves=False),
+    Endpoint("chat.completions", "POST", "/v1/chat/completions", ChatCompletions, billed=True),
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A path that matched: the endpoint for the request's method (None if the path has none for
+    it), every method the path answers, and its parameters."""
+
+    endpoint: Endpoint | None
+    allowed: tuple[Endpoint, ...]
+    params: dict[str, str]
+    path: str
+
+
+def route(method: str, raw_path: str) -> Route | None:
+    """The route of a request, or None if its path is not one of the table's."""
+    segments = [unquote(segment) for segment in raw_path.rstrip("/").split("/")[1:]]
+    matches = [(endpoint, params) for endpoint in ENDPOINTS if (params := endpoint.match(segments)) is not None]
+    if not matches:
+        return None
+    chosen = next(((e, p) for e, p in matches if e.method == method), None)
+    allowed = tuple(endpoint for endpoint, _ in matches)
+    if chosen is None:
+        return Route(None, allowed, matches[0][1], "")
+    endpoint, params = chosen
+    return Route(endpoint, allowed, params, endpoint.path_with(params))

@@ -1,0 +1,67 @@
+"""What the stages of the request path share: the Exchange (one tenant request as it travels,
+filled in stage by stage) and the Hold (the limit reservation it carries until it is settled)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from meter.db.rows import Settlement
+from meter.money import decimal_text
+from meter.proxy.auth import Caller
+from meter.usage import Usage
+
+
+@dataclass(frozen=True)
+class Hold:
+    id: str
+    request_id: str
+    subjects: tuple[str, ...]
+    day: str
+    month: str
+
+    def settlement(self, tokens: int, usd: Decimal | None) -> Settlement:
+        return Settlement(
+            hold=self.id,
+            request_id=self.request_id,
+            subjects=list(self.subjects),
+            day=self.day,
+            month=self.month,
+            tokens=tokens,
+            usd=decimal_text(usd or 0),
+        )
+
+
+@dataclass
+class Exchange:
+    request_id: str
+    caller: Caller
+    # The endpoint's name (the ledger's `endpoint`) and whether it generates tokens that are priced.
+    endpoint: str
+    billed: bool
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started: float = field(default_factory=time.perf_counter)
+    # Read from the request body.
+    model: str | None = None
+    stream: bool = False
+    max_tokens: int = 0
+    # Read from the answer.
+    response_model: str | None = None
+    status: int = 0
+    error_type: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    partial: bool = False
+    stop_reason: str | None = None
+    upstream_request_id: str | None = None
+    ttfb_s: float | None = None
+    # Set by the limits stage: the reservation to settle, and the rate-limit headers to return.
+    hold: Hold | None = None
+    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # What went wrong upstream, if anything did: counted in meter_upstream_errors_total.
+    upstream_error: str | None = None
+
+    def first_byte(self) -> None:
+        if self.ttfb_s is None:
+            self.ttfb_s = time.perf_counter() - self.started

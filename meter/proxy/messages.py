@@ -1,0 +1,14 @@
+"""`POST /v1/messages` and `POST /v1/messages/count_tokens`: Anthropic's own API, forwarded byte for
+byte once the fields meter relies on are checked."""
+
+from __future__ import annotations
+
+from meter.proxy.exchange import Exchange
+from meter.proxy.handler import Anthropic, TenantRequest, UpstreamRequest
+from meter.proxy.request import read_fields
+
+
+class Messages(Anthropic):
+    def prepare(self, exchange: Exchange, request: TenantRequest) -> UpstreamRequest:
+        read_fields(exchange, request.body)
+        return UpstreamRequest(request.method, request.path, request.query, request.forward_headers, request.body)
