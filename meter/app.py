@@ -32,6 +32,7 @@ from meter.ledger import LedgerWriter
 from meter.metrics import Metrics, exposition_route, mark_process_dead
 from meter.pricing import PriceTable
 from meter.proxy.auth import KeyCache
+from meter.proxy.endpoints import ENDPOINTS
 from meter.proxy.forward import Upstream
 from meter.proxy.gateway import Gateway
 from meter.proxy.limits import Limiter
@@ -60,7 +61,7 @@ def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -
         raise ValueError("create_app needs settings.database_url (the CLI starts embedded Postgres)")
     engine = create_engine(settings.database_url)
     hot_engine = create_hot_engine(settings.database_url)
-    metrics = Metrics(registry or CollectorRegistry(), settings.metrics_max_tenants)
+    metrics = Metrics(registry or CollectorRegistry(), settings.metrics_max_tenants, {e.name for e in ENDPOINTS})
     prices = PriceTable()
     keys = KeyCache(hot_engine, metrics, settings.key_cache_ttl_s)
     upstream = Upstream(

@@ -104,10 +104,15 @@ class LedgerWriter:
             batch = [self._pending[i] for i in range(min(self._batch_rows, len(self._pending)))]
             try:
                 await self._write(batch)
-            except (DBAPIError, OSError) as exc:
+            except Exception as exc:  # whatever it is, the writer must outlive it and say so
                 failures += 1
                 self._metrics.ledger_write_errors.inc()
-                log.warning("ledger: write of %d rows failed (%s); retrying", len(batch), exc.__class__.__name__)
+                log.warning(
+                    "ledger: write of %d rows failed (%s); retrying",
+                    len(batch),
+                    exc.__class__.__name__,
+                    exc_info=not isinstance(exc, (DBAPIError, OSError)),
+                )
                 if failures >= FAILURES_BEFORE_SPLIT and await self._database_answers():
                     await self._write_one_by_one(batch)
                     failures = 0
@@ -150,7 +155,7 @@ class LedgerWriter:
         for row, settlement in batch:
             try:
                 await self._write([(row, settlement)])
-            except DBAPIError as exc:
+            except Exception as exc:
                 if not await self._database_answers():
                     return  # Postgres went away meanwhile: keep the rest queued
                 self._metrics.ledger_dropped.inc()

@@ -1,12 +1,15 @@
 """Every Prometheus metric meter exports, built on an injected registry (a fresh one per test).
 
 Label values stay bounded: tenants beyond `max_tenant_labels` and models outside the price table
-are reported as "other".
+are reported as "other". Series whose label values are known in advance (limit reasons, upstream
+error types, endpoints, round-trip purposes) exist from the start at 0, so a dashboard panel shows
+0 rather than "No data" (Prometheus' instrumentation advice: avoid missing metrics).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from litestar import asgi
 from litestar.handlers import ASGIRouteHandler
@@ -22,6 +25,7 @@ from prometheus_client import (
 )
 
 from meter import __version__
+from meter.db.models import LIMIT_SETTINGS
 
 # Set (by `meter serve --workers N`) when worker processes share their metrics through files.
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -31,9 +35,27 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 6
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
+# Why a limit refused a request: a limit setting, or prepaid credit (meter_reserve's reasons).
+LIMIT_REASONS = (*LIMIT_SETTINGS, "credit")
+# What went wrong upstream: meter's own observations, then the error types of Anthropic's 429 and 5xx
+# answers; anything else is "other".
+UPSTREAM_ERROR_TYPES = (
+    "timeout",
+    "unreachable",
+    "upstream_disconnected",
+    "rate_limit_error",
+    "api_error",
+    "timeout_error",
+    "overloaded_error",
+    "other",
+)
+ROUND_TRIP_PURPOSES = ("key_lookup", "reserve", "ledger_batch")
+
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry, max_tenant_labels: int = 100) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, max_tenant_labels: int = 100, endpoints: Iterable[str] = ()
+    ) -> None:
         # A `_created` series beside every counter doubles the series for nothing a dashboard uses.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry
@@ -120,6 +142,18 @@ class Metrics:
         # An info metric as a gauge: prometheus-client's Info does not work across processes.
         self.build = Gauge("meter_build_info", "meter version", ["version"], registry=registry, multiprocess_mode="max")
         self.build.labels(__version__).set(1)
+        for reason in LIMIT_REASONS:
+            self.limit_rejections.labels(reason)
+        for kind in UPSTREAM_ERROR_TYPES:
+            self.upstream_errors.labels(kind)
+        for purpose in ROUND_TRIP_PURPOSES:
+            self.db_round_trips.labels(purpose)
+        for endpoint in endpoints:
+            for stream in ("true", "false"):
+                self.duration.labels(endpoint, stream)
+
+    def upstream_error(self, kind: str) -> None:
+        self.upstream_errors.labels(kind if kind in UPSTREAM_ERROR_TYPES else "other").inc()
 
     def tenant_label(self, tenant_id: str) -> str:
         if tenant_id in self._tenant_labels:

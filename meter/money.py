@@ -13,7 +13,7 @@ def decimal_text(value: Any) -> str:
     return format(Decimal(str(value)).normalize(), "f")
 
 
-def usd(value: Decimal) -> str:
+def usd(value: Decimal | int) -> str:
     """USD for people and invoices: exact, and at least to the cent. "12.5" -> "12.50"."""
     whole, _, fraction = decimal_text(value).partition(".")
     return f"{whole}.{fraction.ljust(2, '0')}"
@@ -21,3 +21,7 @@ def usd(value: Decimal) -> str:
 
 def usd_or_none(value: Decimal | None) -> str | None:
     return None if value is None else usd(value)
+
+
+def decimal_or_none(value: Decimal | None) -> str | None:
+    return None if value is None else decimal_text(value)

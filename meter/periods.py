@@ -1,13 +1,11 @@
 """UTC calendar periods: the one definition of a day and a month for limits, usage reports and
-statements, in Python and as SQL expressions for queries that compute them in Postgres.
-(meter_reserve and meter_settle, in the 0002 migration, use the same rule in PL/pgSQL.)"""
+statements. Queries get their periods from here as parameters; only the SQL functions of the 0002
+migration (meter_reserve, meter_settle) and the rollup in the ledger's batch statement compute the
+UTC day of a timestamp in Postgres, by the same rule."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time
-from typing import Any
-
-from sqlalchemy import Date, cast, func
 
 from meter.errors import InvalidRequest
 
@@ -39,12 +37,3 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
         raise InvalidRequest("month: must be before 9999-12")
     return midnight(start), midnight(next_month(start))
 
-
-def sql_day(instant: Any) -> Any:
-    """The UTC day of a timestamptz expression."""
-    return cast(func.timezone("UTC", instant), Date)
-
-
-def sql_month(instant: Any) -> Any:
-    """The first day of the UTC month of a timestamptz expression."""
-    return cast(func.date_trunc("month", func.timezone("UTC", instant)), Date)

@@ -10,10 +10,10 @@ from litestar import Controller, get, post
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from meter import money
 from meter.admin import audit
 from meter.admin.limits import ensure_limits_row, tenant_of
 from meter.admin.schema import ERRORS, SignedUsd, Text, check_usd
-from meter.admin.usage import money
 from meter.credentials import new_id
 from meter.db import notices
 from meter.db.models import credit_transactions, limits
@@ -71,9 +71,9 @@ async def read_balance(conn: AsyncConnection, tenant_id: str) -> Balance:
     return Balance(
         tenant_id=tenant_id,
         prepaid=balance is not None,
-        balance_usd=money(balance),
-        held_usd=money(held) or "0.00",
-        available_usd=money(balance - held) if balance is not None else None,
+        balance_usd=money.usd_or_none(balance),
+        held_usd=money.usd(held),
+        available_usd=money.usd(balance - held) if balance is not None else None,
     )
 
 

@@ -4,6 +4,7 @@ UTC day and month, from the ledger."""
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -13,13 +14,14 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from meter import money, periods
 from meter.admin import audit
 from meter.admin.schema import ERRORS, Usd, check_usd
-from meter.admin.usage import money
 from meter.db import notices
 from meter.db.models import LIMIT_SETTINGS, api_keys, limits, tenants, usage_events
 from meter.errors import NotFound
 from meter.proxy.auth import KeyCache
+from meter.usage import total_tokens_of
 
 Count = Annotated[int, msgspec.Meta(ge=0)]
 
@@ -73,20 +75,15 @@ async def tenant_of(conn: AsyncConnection, subject_id: str) -> str:
 async def ensure_limits_row(conn: AsyncConnection, subject_id: str, tenant_id: str) -> None:
     """Create the subject's limits row if missing, starting its counters at its usage so far."""
     column = usage_events.c.key_id if subject_id.startswith("key_") else usage_events.c.tenant_id
-    utc_now = func.timezone("UTC", func.now())
-    day_start = func.date_trunc("day", utc_now)
-    month_start = func.date_trunc("month", utc_now)
-    tokens = (
-        usage_events.c.input_tokens
-        + usage_events.c.output_tokens
-        + usage_events.c.cache_creation_input_tokens
-        + usage_events.c.cache_read_input_tokens
-    )
+    day = periods.today()
+    month = periods.month_start(day)
+    tokens = total_tokens_of(usage_events.c)
 
-    def used(amount: Any, since: Any) -> Any:
-        started = func.timezone("UTC", usage_events.c.started_at)
+    def used(amount: Any, since: date) -> Any:
         return (
-            select(func.coalesce(func.sum(amount), 0)).where(column == subject_id, started >= since).scalar_subquery()
+            select(func.coalesce(func.sum(amount), 0))
+            .where(column == subject_id, usage_events.c.started_at >= periods.midnight(since))
+            .scalar_subquery()
         )
 
     await conn.execute(
@@ -94,12 +91,12 @@ async def ensure_limits_row(conn: AsyncConnection, subject_id: str, tenant_id: s
         .values(
             subject_id=subject_id,
             tenant_id=tenant_id,
-            day=func.cast(day_start, limits.c.day.type),
-            month=func.cast(month_start, limits.c.month.type),
-            day_tokens=used(tokens, day_start),
-            day_usd=used(func.coalesce(usage_events.c.cost_usd, 0), day_start),
-            month_tokens=used(tokens, month_start),
-            month_usd=used(func.coalesce(usage_events.c.cost_usd, 0), month_start),
+            day=day,
+            month=month,
+            day_tokens=used(tokens, day),
+            day_usd=used(func.coalesce(usage_events.c.cost_usd, 0), day),
+            month_tokens=used(tokens, month),
+            month_usd=used(func.coalesce(usage_events.c.cost_usd, 0), month),
         )
         .on_conflict_do_nothing(index_elements=[limits.c.subject_id])
     )
@@ -117,8 +114,8 @@ async def set_limits(conn: AsyncConnection, subject_id: str, spec: LimitsSpec, a
 
 async def read_limits(conn: AsyncConnection, subject_id: str) -> LimitsView:
     await tenant_of(conn, subject_id)
-    today = func.cast(func.timezone("UTC", func.now()), limits.c.day.type)
-    this_month = func.cast(func.date_trunc("month", func.timezone("UTC", func.now())), limits.c.month.type)
+    today = periods.today()
+    this_month = periods.month_start(today)
     row = (
         (
             await conn.execute(
@@ -147,18 +144,18 @@ async def read_limits(conn: AsyncConnection, subject_id: str) -> LimitsView:
         max_concurrent_requests=row["max_concurrent_requests"],
         tokens_per_day=row["tokens_per_day"],
         tokens_per_month=row["tokens_per_month"],
-        budget_usd_per_day=money(row["budget_usd_per_day"]),
-        budget_usd_per_month=money(row["budget_usd_per_month"]),
+        budget_usd_per_day=money.usd_or_none(row["budget_usd_per_day"]),
+        budget_usd_per_month=money.usd_or_none(row["budget_usd_per_month"]),
         in_flight=row["in_flight"],
         today=_period(row["same_day"], row["day_tokens"], row["day_usd"]),
         this_month=_period(row["same_month"], row["month_tokens"], row["month_usd"]),
     )
 
 
-def _period(current: bool | None, tokens: int, usd: Decimal) -> PeriodUsage:
+def _period(current: bool | None, tokens: int, spent: Decimal) -> PeriodUsage:
     if not current:  # the counters are of an earlier period: nothing used in this one yet
         return PeriodUsage(tokens=0, cost_usd="0.00")
-    return PeriodUsage(tokens=tokens, cost_usd=money(usd) or "0.00")
+    return PeriodUsage(tokens=tokens, cost_usd=money.usd(spent))
 
 
 class LimitsController(Controller):

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from meter import money
 from meter.admin import audit
 from meter.admin.schema import ERRORS, MAX_PRICE, ModelId, PerMillionTokens, check_usd
 from meter.db.models import prices
@@ -71,11 +72,11 @@ def _view(price: Price) -> PriceView:
     return PriceView(
         model=price.model,
         effective_from=price.effective_from,
-        input_per_mtok=f"{price.input_per_mtok.normalize():f}",
-        output_per_mtok=f"{price.output_per_mtok.normalize():f}",
-        cache_write_5m_per_mtok=f"{price.cache_write_5m_per_mtok.normalize():f}",
-        cache_write_1h_per_mtok=f"{price.cache_write_1h_per_mtok.normalize():f}",
-        cache_read_per_mtok=f"{price.cache_read_per_mtok.normalize():f}",
+        input_per_mtok=money.decimal_text(price.input_per_mtok),
+        output_per_mtok=money.decimal_text(price.output_per_mtok),
+        cache_write_5m_per_mtok=money.decimal_text(price.cache_write_5m_per_mtok),
+        cache_write_1h_per_mtok=money.decimal_text(price.cache_write_1h_per_mtok),
+        cache_read_per_mtok=money.decimal_text(price.cache_read_per_mtok),
     )
 
 

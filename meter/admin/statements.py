@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
@@ -14,10 +14,9 @@ from litestar import Controller, MediaType, Response, get
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from meter import money, periods
 from meter.admin.schema import ERRORS
 from meter.admin.tenants import get_tenant
-from meter.admin.usage import money
-from meter.errors import InvalidRequest
 
 
 class StatementLine(msgspec.Struct):
@@ -70,22 +69,9 @@ ORDER BY e.model NULLS LAST, p.effective_from NULLS FIRST
 )
 
 
-def month_bounds(month: str) -> tuple[datetime, datetime]:
-    try:
-        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
-    except ValueError:
-        raise InvalidRequest("month: expected YYYY-MM, e.g. 2026-11") from None
-    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
-    return start, end
-
-
-def _price(value: Decimal | None) -> str | None:
-    return None if value is None else f"{value.normalize():f}"
-
-
 async def statement(conn: AsyncConnection, tenant_id: str, month: str) -> Statement:
     tenant = await get_tenant(conn, tenant_id)
-    start, end = month_bounds(month)
+    start, end = periods.month_bounds(month)
     rows = (await conn.execute(_LINES, {"tenant": tenant_id, "start": start, "end": end})).mappings().all()
     lines = [
         StatementLine(
@@ -93,22 +79,22 @@ async def statement(conn: AsyncConnection, tenant_id: str, month: str) -> Statem
             price_effective_from=row["effective_from"],
             requests=int(row["requests"]),
             input_tokens=int(row["input_tokens"]),
-            input_per_mtok=_price(row["input_per_mtok"]),
+            input_per_mtok=money.decimal_or_none(row["input_per_mtok"]),
             cache_write_5m_tokens=int(row["cache_write_5m_tokens"]),
-            cache_write_5m_per_mtok=_price(row["cache_write_5m_per_mtok"]),
+            cache_write_5m_per_mtok=money.decimal_or_none(row["cache_write_5m_per_mtok"]),
             cache_write_1h_tokens=int(row["cache_write_1h_tokens"]),
-            cache_write_1h_per_mtok=_price(row["cache_write_1h_per_mtok"]),
+            cache_write_1h_per_mtok=money.decimal_or_none(row["cache_write_1h_per_mtok"]),
             cache_read_tokens=int(row["cache_read_tokens"]),
-            cache_read_per_mtok=_price(row["cache_read_per_mtok"]),
+            cache_read_per_mtok=money.decimal_or_none(row["cache_read_per_mtok"]),
             output_tokens=int(row["output_tokens"]),
-            output_per_mtok=_price(row["output_per_mtok"]),
-            cost_usd=money(row["cost_usd"]),
+            output_per_mtok=money.decimal_or_none(row["output_per_mtok"]),
+            cost_usd=money.usd_or_none(row["cost_usd"]),
             unpriced_requests=int(row["unpriced"]),
         )
         for row in rows
     ]
     total = sum((row["cost_usd"] for row in rows if row["cost_usd"] is not None), Decimal(0))
-    return Statement(tenant.id, tenant.name, month, "USD", lines, money(total) or "0.00")
+    return Statement(tenant.id, tenant.name, month, "USD", lines, money.usd(total))
 
 
 def statement_csv(report: Statement) -> str:

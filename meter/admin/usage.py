@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from datetime import date, datetime
 from typing import Annotated, Literal
 
 import msgspec
@@ -12,6 +11,7 @@ from litestar.params import Parameter
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from meter import money, periods
 from meter.admin.pagination import fetch_page
 from meter.admin.schema import ERRORS
 from meter.admin.tenants import get_tenant
@@ -49,22 +49,13 @@ class UsageEventPage(msgspec.Struct):
     next_cursor: str | None
 
 
-def money(value: Decimal | None) -> str | None:
-    """USD as a plain decimal string, without exponent or trailing zeros past the cent."""
-    if value is None:
-        return None
-    text = format(value.normalize(), "f")
-    whole, _, frac = text.partition(".")
-    return f"{whole}.{frac.ljust(2, '0')}"
-
-
 async def list_events(conn: AsyncConnection, tenant_id: str | None, after: str | None, limit: int) -> UsageEventPage:
     """Events in request-id order (time order: ids are time-ordered); `after` is the cursor."""
     query = select(usage_events)
     if tenant_id:
         query = query.where(usage_events.c.tenant_id == tenant_id)
     rows, next_cursor = await fetch_page(conn, query, usage_events.c.request_id, after, limit)
-    events = [UsageEvent(**{**row, "cost_usd": money(row["cost_usd"])}) for row in rows]
+    events = [UsageEvent(**{**row, "cost_usd": money.usd_or_none(row["cost_usd"])}) for row in rows]
     return UsageEventPage(data=events, next_cursor=next_cursor)
 
 
@@ -94,10 +85,9 @@ _GROUP_COLUMNS = {"day": usage_daily.c.day, "model": usage_daily.c.model, "key":
 
 def default_period(start: date | None, end: date | None) -> tuple[date, date]:
     """Both bounds default to the current UTC month; `end` is exclusive."""
-    today = datetime.now(UTC).date()
-    start = start or today.replace(day=1)
+    start = start or periods.month_start(periods.today())
     if end is None:
-        end = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+        end = periods.next_month(start)
     if end <= start:
         raise InvalidRequest("to: must be after from")
     return start, end
@@ -134,7 +124,7 @@ async def tenant_usage(
         UsageRow(
             **{name: int(value) for name, value in row.items() if name not in ("group", "cost_usd")},
             group=str(row["group"]),
-            cost_usd=money(row["cost_usd"]) or "0.00",
+            cost_usd=money.usd(row["cost_usd"] or 0),
         )
         for row in rows
     ]

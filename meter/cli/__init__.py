@@ -1,6 +1,5 @@
-"""The `meter` command: serve the gateway, migrate the database, run the demo upstream
-(serve.py), and everything an operator does: tenants, keys, limits, credit, usage, statements
-(operator.py)."""
+"""The `meter` command. serve.py: serve the gateway, migrate the database, run the demo upstream;
+operator.py: everything an operator does (tenants, keys, limits, credit, usage, statements)."""
 
 from __future__ import annotations
 
@@ -13,9 +12,15 @@ from meter.cli import operator, serve
 from meter.errors import MeterError
 from meter.settings import ConfigError
 
+DESCRIPTION = (
+    "meter: a usage-metering and billing gateway for the Anthropic Messages API. Serve the gateway, "
+    "migrate its database, run the demo upstream, and manage tenants, keys, limits, credit, "
+    "usage and statements."
+)
+
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="meter", description=__doc__)
+    parser = argparse.ArgumentParser(prog="meter", description=DESCRIPTION)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     serve.register(commands)
     operator.register(commands)

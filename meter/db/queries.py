@@ -11,6 +11,7 @@ from sqlalchemy import func, or_, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from meter import periods
 from meter.db.models import LIMIT_SETTINGS, api_keys, limits, tenants, usage_events
 from meter.db.rows import LEDGER_FIELDS, LedgerRow, Settlement
 
@@ -114,8 +115,8 @@ async def write_ledger_batch(
 _BUDGETS = text(
     """
 SELECT subject_id AS tenant_id,
-       CASE WHEN day = (now() AT TIME ZONE 'UTC')::date THEN day_usd ELSE 0 END AS day_usd,
-       CASE WHEN month = date_trunc('month', now() AT TIME ZONE 'UTC')::date THEN month_usd ELSE 0 END AS month_usd,
+       CASE WHEN day = :day THEN day_usd ELSE 0 END AS day_usd,
+       CASE WHEN month = :month THEN month_usd ELSE 0 END AS month_usd,
        budget_usd_per_day, budget_usd_per_month, credit_balance_usd
 FROM limits
 WHERE subject_id = tenant_id
@@ -126,7 +127,9 @@ WHERE subject_id = tenant_id
 
 async def tenant_budgets(conn: AsyncConnection) -> list[dict[str, Any]]:
     """Every tenant with a USD budget or prepaid credit, with what it spent this day and month."""
-    return [dict(row) for row in (await conn.execute(_BUDGETS)).mappings()]
+    day = periods.today()
+    period = {"day": day, "month": periods.month_start(day)}
+    return [dict(row) for row in (await conn.execute(_BUDGETS, period)).mappings()]
 
 
 async def migration_heads(conn: AsyncConnection) -> set[str]:

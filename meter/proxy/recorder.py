@@ -59,7 +59,7 @@ class Recorder:
             if count:
                 m.tokens.labels(tenant, model, kind).inc(count)
         if exchange.upstream_error:
-            m.upstream_errors.labels(exchange.upstream_error).inc()
+            m.upstream_error(exchange.upstream_error)
         if cost is None:
             m.unpriced.labels(model).inc()
         elif cost:
