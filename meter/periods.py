@@ -36,4 +36,3 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
     if start.year >= 9999:
         raise InvalidRequest("month: must be before 9999-12")
     return midnight(start), midnight(next_month(start))
-

@@ -61,6 +61,7 @@ _BY_ANTHROPIC_TYPE: dict[str, tuple[str, str | None]] = {
     "overloaded_error": ("server_error", "overloaded"),
 }
 
+
 def openai_error_kind(anthropic_type: str | None, status: int | None) -> tuple[str, str | None]:
     """OpenAI (type, code) for an Anthropic error type, falling back to the HTTP status (bodies
     without a known Anthropic type: non-JSON, a load balancer's HTML page, a new type)."""

@@ -56,9 +56,7 @@ class Endpoint:
 
     def path_with(self, params: dict[str, str]) -> str:
         """This endpoint's path with its parameters filled in, each percent-encoded."""
-        return "/" + "/".join(
-            quote(params[s[1:-1]], safe="") if s.startswith("{") else s for s in self.segments
-        )
+        return "/" + "/".join(quote(params[s[1:-1]], safe="") if s.startswith("{") else s for s in self.segments)
 
 
 ENDPOINTS = (
