@@ -23,7 +23,7 @@ from meter.openai_compat.response import to_openai
 from meter.openai_compat.stream import ChunkTranslator
 from meter.proxy.exchange import Exchange
 from meter.proxy.handler import ANTHROPIC_VERSION, TenantRequest, UpstreamRequest
-from meter.proxy.request import read_fields
+from meter.proxy.request import parse_body, read_document, read_fields
 
 
 class InvalidChatRequest(InvalidRequest):
@@ -43,11 +43,14 @@ class ChatCompletions:
         self._include_usage = False
         self._created = int(time.time())
 
-    def prepare(self, exchange: Exchange, request: TenantRequest) -> UpstreamRequest:
+    async def prepare(self, exchange: Exchange, request: TenantRequest) -> UpstreamRequest:
+        # The tenant's body must be one that every parser reads alike before it is translated.
+        await read_document(request.body)
         body = self.request(request.body)
-        read_fields(exchange, body)
+        document = parse_body(body)
+        read_fields(exchange, document)
         headers = [*request.forward_headers, (b"anthropic-version", ANTHROPIC_VERSION)]
-        return UpstreamRequest("POST", self.upstream_path, b"", headers, body)
+        return UpstreamRequest("POST", self.upstream_path, b"", headers, body, document)
 
     def request(self, body: bytes) -> bytes:
         """The Anthropic request body for the tenant's; raises InvalidChatRequest if it is invalid."""

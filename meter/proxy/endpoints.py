@@ -32,8 +32,6 @@ class Endpoint:
     handler: Callable[[], Handler]
     # Generates tokens: priced, and reserved at its worst case before it is forwarded.
     billed: bool = False
-    # Counts against the caller's limits (only endpoints that reserve can be refused by them).
-    reserves: bool = True
     segments: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -62,8 +60,8 @@ class Endpoint:
 ENDPOINTS = (
     Endpoint("messages", "POST", "/v1/messages", Messages, billed=True),
     Endpoint("count_tokens", "POST", "/v1/messages/count_tokens", Messages),
-    Endpoint("models", "GET", "/v1/models", Models, reserves=False),
-    Endpoint("models", "GET", "/v1/models/{model_id}", Models, reserves=False),
+    Endpoint("models", "GET", "/v1/models", Models),
+    Endpoint("models", "GET", "/v1/models/{model_id}", Models),
     Endpoint("chat.completions", "POST", "/v1/chat/completions", ChatCompletions, billed=True),
 )
 
@@ -79,9 +77,9 @@ class Route:
     path: str
 
 
-def route(method: str, raw_path: str) -> Route | None:
-    """The route of a request, or None if its path is not one of the table's."""
-    segments = [unquote(segment) for segment in raw_path.rstrip("/").split("/")[1:]]
+def route(method: str, segments: list[str]) -> Route | None:
+    """The route of a request whose path is `segments` (see `path_segments`), or None if the
+    path is not one of the table's."""
     matches = [(endpoint, params) for endpoint in ENDPOINTS if (params := endpoint.match(segments)) is not None]
     if not matches:
         return None
@@ -91,3 +89,23 @@ def route(method: str, raw_path: str) -> Route | None:
         return Route(None, allowed, matches[0][1], "")
     endpoint, params = chosen
     return Route(endpoint, allowed, params, endpoint.path_with(params))
+
+
+# Percent-encodings that could change which path a server further on sees: dots and slashes (either
+# case, so `%2e%2E` too), backslashes, a percent sign (double encoding) and NUL.
+_ENCODED_DANGER = re.compile(r"%(2[eEfF5]|5[cC]|00)")
+
+
+def path_segments(raw_path: str) -> list[str] | None:
+    """The decoded segments of a request path, or None for a path no endpoint may have: one with
+    `.` or `..` segments, empty segments (`//`, a trailing slash), encoded dots, slashes or percent
+    signs, or control characters. Such a request is refused before anything else looks at it."""
+    if not raw_path.startswith("/") or _ENCODED_DANGER.search(raw_path):
+        return None
+    if raw_path == "/":
+        return []
+    segments = [unquote(segment) for segment in raw_path[1:].split("/")]
+    for segment in segments:
+        if segment in ("", ".", "..") or not segment.isprintable() or "\\" in segment:
+            return None
+    return segments

@@ -9,7 +9,7 @@ nothing a proxy needs (docs/benchmarks.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
@@ -17,26 +17,42 @@ from httpx_aiohttp import AiohttpTransport
 from meter.errors import UpstreamTimeout, UpstreamUnavailable
 from meter.proxy.handler import UpstreamRequest
 
-# Never forwarded in either direction: hop-by-hop headers (RFC 9110 7.6.1) and the framing that
-# the server on each side recomputes.
+# Never forwarded in either direction: hop-by-hop headers (RFC 9110 7.6.1), and any header the
+# `connection` header names, and the framing that the server on each side recomputes.
 HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
     }
 )
-# The tenant's credential stays with meter; the upstream gets the operator's key instead.
-# accept-encoding is replaced by identity so meter can read usage from the bytes it relays.
-NOT_FORWARDED = HOP_BY_HOP | {"x-api-key", "authorization", "accept-encoding"}
+# Request headers that stay with meter: the tenant's credential (the upstream gets the operator's
+# key instead); cookies and client-address headers, which are about the tenant's hop, not meter's;
+# the workspace selector, which would let a tenant pick among the operator's workspaces; and
+# accept-encoding, replaced by identity so meter can read usage from the bytes it relays.
+NOT_FORWARDED = HOP_BY_HOP | {
+    b"x-api-key",
+    b"authorization",
+    b"cookie",
+    b"forwarded",
+    b"x-real-ip",
+    b"anthropic-workspace-id",
+    b"accept-encoding",
+}
+NOT_FORWARDED_PREFIXES = (b"x-forwarded-",)
+# Response headers that stay with the operator: the operator's organization, its cookies, and its
+# organization-wide rate limits, which would tell a tenant the traffic of every tenant (meter sends a
+# limited tenant its own rate-limit headers instead).
+NOT_RELAYED = HOP_BY_HOP | {b"set-cookie", b"anthropic-organization-id"}
+NOT_RELAYED_PREFIXES = (b"anthropic-ratelimit-", b"anthropic-priority-")
 
 
 MAX_CACHED_URLS = 1000
@@ -58,8 +74,14 @@ class Upstream:
         self._timeout = {"connect": connect_timeout_s, "read": read_timeout_s, "pool": connect_timeout_s}
         self._urls: dict[tuple[str, bytes], httpx.URL] = {}
 
-    def request_headers(self, incoming: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        headers = [(name, value) for name, value in incoming if name.decode("latin-1") not in NOT_FORWARDED]
+    def request_headers(self, incoming: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The tenant's headers as the upstream gets them (names arrive lower-cased from the server)."""
+        dropped = NOT_FORWARDED | _nominated(incoming)
+        headers = [
+            (name, value)
+            for name, value in incoming
+            if name not in dropped and not name.startswith(NOT_FORWARDED_PREFIXES)
+        ]
         headers.extend(self._auth)
         headers.append((b"accept-encoding", b"identity"))
         return headers
@@ -95,4 +117,15 @@ class Upstream:
 
 
 def response_headers(upstream: httpx.Response) -> list[tuple[bytes, bytes]]:
-    return [(name, value) for name, value in upstream.headers.raw if name.lower().decode() not in HOP_BY_HOP]
+    """The upstream's headers as the tenant gets them."""
+    raw = [(name.lower(), value) for name, value in upstream.headers.raw]
+    dropped = NOT_RELAYED | _nominated(raw)
+    return [(name, value) for name, value in raw if name not in dropped and not name.startswith(NOT_RELAYED_PREFIXES)]
+
+
+def _nominated(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """The header names a `connection` header lists: hop-by-hop for this connection only."""
+    names = [value for name, value in headers if name == b"connection"]
+    if not names:
+        return frozenset()
+    return frozenset(token.strip().lower() for value in names for token in value.split(b","))

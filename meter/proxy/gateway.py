@@ -114,11 +114,10 @@ class Gateway:
             forward_headers=self.upstream.request_headers(scope["headers"]),
             body=await read_body(incoming, receive, self._max_body_bytes),
         )
-        call = handler.prepare(exchange, request)
+        call = await handler.prepare(exchange, request)
         if not self.recorder.ledger.accepting:
             raise Overloaded("meter cannot record usage right now; try again shortly.")
-        if endpoint.reserves:
-            await self.limiter.reserve(exchange, call.body)
+        await self.limiter.reserve(exchange, call)
         try:
             upstream = await self.upstream.send(call)
         except UpstreamTimeout:
@@ -130,7 +129,9 @@ class Gateway:
         exchange.status = upstream.status_code
         exchange.upstream_request_id = upstream.headers.get("request-id")
         is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
-        if exchange.stream and upstream.status_code == 200 and is_sse:
+        # An event stream is metered as one, whatever the request said.
+        if upstream.status_code == 200 and is_sse:
+            exchange.stream = True
             await relay_stream(exchange, upstream, receive, send, self._drain_s, handler.stream())
         else:
             await relay_whole(exchange, upstream, send, handler.answer)

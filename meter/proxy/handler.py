@@ -10,7 +10,7 @@ send upstream), then `answer` or `stream` (the tenant's view of the upstream's a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from meter.errors import MeterError
 from meter.proxy.exchange import Exchange
@@ -44,6 +44,8 @@ class UpstreamRequest:
     query: bytes
     headers: Headers
     body: bytes
+    # The body as parsed (a JSON object), when the endpoint reads one: what the reservation reads.
+    document: dict[str, Any] | None = None
 
 
 class StreamTranslator(Protocol):
@@ -57,7 +59,7 @@ class StreamTranslator(Protocol):
 
 
 class Handler(Protocol):
-    def prepare(self, exchange: Exchange, request: TenantRequest) -> UpstreamRequest:
+    async def prepare(self, exchange: Exchange, request: TenantRequest) -> UpstreamRequest:
         """What to send upstream; sets what the request says (model, stream, max_tokens) on
         `exchange`; raises a MeterError to refuse the request before anything is forwarded."""
 

@@ -29,6 +29,7 @@ from meter.money import decimal_text
 from meter.pricing import PriceTable
 from meter.proxy import estimate
 from meter.proxy.exchange import Exchange, Hold
+from meter.proxy.handler import UpstreamRequest
 
 log = logging.getLogger("meter.limits")
 
@@ -60,12 +61,12 @@ class Limiter:
         # Identifies this process's holds, renewed while it lives.
         self.owner = "proc_" + secrets.token_hex(6)
 
-    async def reserve(self, exchange: Exchange, body: bytes) -> None:
+    async def reserve(self, exchange: Exchange, call: UpstreamRequest) -> None:
         """Reserve the worst case for `exchange`, or raise the error the tenant should see."""
         caller = exchange.caller
         if not caller.limit_subjects:
             return
-        tokens, usd = self._worst_case(exchange, body)
+        tokens, usd = self._worst_case(exchange, call.body)
         hold_id = "hold_" + exchange.request_id
         arguments = {
             "hold": hold_id,
@@ -76,17 +77,17 @@ class Limiter:
             "ttl": self._ttl_s,
         }
 
-        async def call(conn: AsyncConnection) -> Any:
+        async def run(conn: AsyncConnection) -> Any:
             return (await conn.execute(_RESERVE, arguments)).scalar_one()
 
         self._metrics.db_round_trips.labels("reserve").inc()
         try:
-            answer = await once_more_if_disconnected(self._hot_engine, call)
+            answer = await once_more_if_disconnected(self._hot_engine, run)
         except (DBAPIError, OSError) as exc:
             # Limits cannot be checked: refuse rather than let a budget be overrun.
             raise Overloaded("meter cannot check limits right now; try again shortly.") from exc
         if isinstance(answer, str):
-            answer = json.loads(answer)
+            answer = json.loads(answer, parse_float=Decimal)
         if not answer["ok"]:
             refusal = answer["refusal"]
             self._metrics.limit_rejections.labels(refusal["reason"]).inc()

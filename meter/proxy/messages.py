@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from meter.proxy.exchange import Exchange
 from meter.proxy.handler import Anthropic, TenantRequest, UpstreamRequest
-from meter.proxy.request import read_fields
+from meter.proxy.request import read_document, read_fields
 
 
 class Messages(Anthropic):
-    def prepare(self, exchange: Exchange, request: TenantRequest) -> UpstreamRequest:
-        read_fields(exchange, request.body)
-        return UpstreamRequest(request.method, request.path, request.query, request.forward_headers, request.body)
+    async def prepare(self, exchange: Exchange, request: TenantRequest) -> UpstreamRequest:
+        document = await read_document(request.body)
+        read_fields(exchange, document)
+        return UpstreamRequest(
+            request.method, request.path, request.query, request.forward_headers, request.body, document
+        )

@@ -19,7 +19,7 @@ class Models:
         self._allowed: frozenset[str] | None = None
         self._openai_client = False
 
-    def prepare(self, exchange: Exchange, request: TenantRequest) -> UpstreamRequest:
+    async def prepare(self, exchange: Exchange, request: TenantRequest) -> UpstreamRequest:
         """A model the key may not use is refused as if it did not exist."""
         self._allowed = allowed = exchange.caller.allowed_models
         model_id = request.params.get("model_id")

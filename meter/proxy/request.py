@@ -1,8 +1,11 @@
-"""Reading the tenant's request: the body, within its size cap, and the few fields meter relies on
-(`model`, `stream`, `max_tokens`). Everything else in the body is forwarded untouched."""
+"""Reading the tenant's request: the body, within its size cap, parsed as a JSON object that every
+parser reads alike, and the few fields meter relies on (`model`, `stream`, `max_tokens`), checked.
+The body itself is forwarded untouched."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 from typing import Any
 
 import msgspec
@@ -12,15 +15,13 @@ from meter.proxy.exchange import Exchange
 
 # Past this, a body is not even read to the end: the connection is closed after the 413.
 DISCARD_LIMIT = 512 * 1024 * 1024
-
-
-class _Fields(msgspec.Struct):
-    model: Any = None
-    stream: Any = None
-    max_tokens: Any = None
-
-
-_decode_fields = msgspec.json.Decoder(_Fields).decode
+# Real requests nest a few levels (a tool result in a message in the list); tool schemas a dozen.
+MAX_DEPTH = 100
+# Bodies this large are parsed off the event loop (a few milliseconds and more).
+PARSE_INLINE_BYTES = 256 * 1024
+MAX_MODEL_LENGTH = 256
+# Far above any model's output, and within the 32-bit counters of the limits tables.
+MAX_TOKENS = 2**31 - 1
 
 
 async def read_body(headers: dict[bytes, bytes], receive: Any, limit: int) -> bytes:
@@ -52,22 +53,77 @@ def _too_large(limit: int) -> RequestTooLarge:
     return RequestTooLarge(f"Request exceeds the maximum size of {limit} bytes.")
 
 
-def read_fields(exchange: Exchange, body: bytes) -> None:
-    """Check the fields meter needs and note them on `exchange`: the model (which the key must be
-    allowed to use), whether the call streams, and `max_tokens` (0 when absent: the upstream
-    refuses that itself)."""
+async def read_document(body: bytes) -> dict[str, Any]:
+    """`parse_body`, in a worker thread for a large body so that other requests keep moving."""
+    if len(body) < PARSE_INLINE_BYTES:
+        return parse_body(body)
+    return await asyncio.to_thread(parse_body, body)
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, refused (400) if meter and the upstream could read it differently
+    or if it would take meter's own parsing out of bounds: not JSON, not an object, a key repeated
+    in one object (which value wins differs between parsers), or nested deeper than MAX_DEPTH."""
     try:
-        fields = _decode_fields(body)
-    except msgspec.ValidationError:
-        raise InvalidRequest("The request body must be a JSON object.") from None
+        document = msgspec.json.decode(body)
+    except RecursionError:
+        raise InvalidRequest(f"The request body is nested too deeply (more than {MAX_DEPTH} levels).") from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
-    if not isinstance(fields.model, str) or not fields.model:
+    if not isinstance(document, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    keys, depth = _shape(document)
+    if depth > MAX_DEPTH:
+        raise InvalidRequest(f"The request body is nested too deeply (more than {MAX_DEPTH} levels).")
+    if keys != len(_KEY_END.findall(body)):
+        raise InvalidRequest("The request body repeats a key within one JSON object.")
+    return document
+
+
+# The end of an object key in JSON text: an unescaped quote (after an even run of backslashes)
+# followed by a colon. Inside a string every quote is escaped, so each match is exactly one key.
+_KEY_END = re.compile(rb'(?<!\\)(?:\\\\)*"[ \t\r\n]*:')
+
+
+def _shape(document: Any) -> tuple[int, int]:
+    """(keys in every object, nesting depth) of a decoded document, without recursion."""
+    keys = depth = 0
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            keys += len(node)
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        depth = max(depth, level)
+        if level <= MAX_DEPTH:
+            stack.extend((child, level + 1) for child in children)
+    return keys, depth
+
+
+def read_fields(exchange: Exchange, document: dict[str, Any]) -> None:
+    """Check the fields meter relies on and note them on `exchange`: the model (which the key must
+    be allowed to use), whether the call streams, and `max_tokens` (0 when absent: the upstream
+    refuses that itself)."""
+    model = document.get("model")
+    if model is None:
         raise InvalidRequest("model: Field required")
-    exchange.model = fields.model
-    exchange.stream = exchange.billed and fields.stream is True
+    if not isinstance(model, str) or not 0 < len(model) <= MAX_MODEL_LENGTH or not model.isprintable():
+        raise InvalidRequest(f"model: must be a printable string of 1 to {MAX_MODEL_LENGTH} characters")
+    stream = document.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest("stream: Input should be a valid boolean")
+    max_tokens = document.get("max_tokens", 0)
+    if max_tokens is None:
+        max_tokens = 0
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 0 <= max_tokens <= MAX_TOKENS:
+        raise InvalidRequest(f"max_tokens: Input should be an integer from 0 to {MAX_TOKENS}")
+    exchange.model = model
+    exchange.stream = exchange.billed and stream is True
+    exchange.max_tokens = max_tokens
     allowed = exchange.caller.allowed_models
-    if allowed is not None and fields.model not in allowed:
-        raise PermissionDenied(f"This API key is not allowed to use model {fields.model!r}.")
-    max_tokens = fields.max_tokens
-    exchange.max_tokens = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 0
+    if allowed is not None and model not in allowed:
+        raise PermissionDenied(f"This API key is not allowed to use model {model!r}.")

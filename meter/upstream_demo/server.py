@@ -40,7 +40,7 @@ _SSE_HEADERS = {"Content-Type": wire.SSE_CONTENT_TYPE, "Cache-Control": "no-cach
 
 
 def _json(payload: bytes, request_id: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    all_headers = {"request-id": request_id}
+    all_headers = {"request-id": request_id, **wire.organization_headers()}
     if headers:
         all_headers.update(headers)
     return web.Response(status=status, body=payload, content_type=wire.JSON_CONTENT_TYPE, headers=all_headers)
@@ -178,7 +178,7 @@ class DemoUpstream:
         frames = wire.stream_frames(wire.new_message_id(), model, reply, usage)
         if controls.failure is not None:
             frames = _until_failure(frames)
-        response = web.StreamResponse(headers={**_SSE_HEADERS, "request-id": request_id})
+        response = web.StreamResponse(headers={**_SSE_HEADERS, "request-id": request_id, **wire.organization_headers()})
         await response.prepare(request)
         tokens_per_second = controls.tokens_per_second
         if tokens_per_second <= 0:

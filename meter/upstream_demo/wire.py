@@ -8,6 +8,7 @@ fast side of every benchmark and re-encoding the same JSON per request would dom
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -36,6 +37,27 @@ def new_message_id() -> str:
 
 def new_request_id() -> str:
     return "req_demo_" + random_base62(24)
+
+
+# What Anthropic sends about the organization behind the key with every answer (protocol note,
+# section 5): a proxy must keep these from its tenants.
+ORGANIZATION_ID = "org-demo-operator-0001"
+ORGANIZATION_LIMITS = {"requests": 4000, "tokens": 2_000_000, "input-tokens": 1_600_000, "output-tokens": 400_000}
+
+
+@lru_cache(maxsize=2)
+def _organization_headers(second: int) -> dict[str, str]:
+    reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second + 1))
+    headers = {"anthropic-organization-id": ORGANIZATION_ID, "set-cookie": "_cfuvid=demo-operator; Path=/; HttpOnly"}
+    for family, limit in ORGANIZATION_LIMITS.items():
+        prefix = f"anthropic-ratelimit-{family}"
+        headers.update({f"{prefix}-limit": str(limit), f"{prefix}-remaining": str(limit - 1), f"{prefix}-reset": reset})
+    return headers
+
+
+def organization_headers() -> dict[str, str]:
+    """The organization's id, a cookie and its organization-wide rate limits, current to the second."""
+    return _organization_headers(int(time.time()))
 
 
 @dataclass(frozen=True, slots=True)
