@@ -14,8 +14,7 @@ import httpx
 import pytest
 
 from meter.db import migrate
-from tests.conftest import Admin, Ledger
-from tests.support import EmbeddedPostgres, Process, create_database, start_meter
+from tests.support import Admin, EmbeddedPostgres, Ledger, Process, create_database, start_meter
 
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}]}
 

@@ -13,8 +13,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.conftest import Ledger
-from tests.support import Process
+from tests.support import Ledger, Process
 
 BODY: Any = {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": [{"role": "user", "content": "Hi"}]}
 

@@ -16,8 +16,7 @@ from meter.credentials import new_id
 from meter.db.engine import create_engine
 from meter.ledger import LedgerWriter
 from meter.metrics import Metrics
-from tests.conftest import Admin, Ledger
-from tests.support import Process, start_meter
+from tests.support import Admin, Ledger, Process, start_meter
 
 
 def synthetic_row(**overrides: Any) -> dict[str, Any]:

@@ -17,8 +17,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.conftest import Admin, Ledger
-from tests.support import Process, start_meter
+from tests.support import Admin, Ledger, Process, start_meter
 
 HOLD_TTL_S = "2"
 BODY: dict[str, Any] = {

@@ -13,8 +13,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import Admin, Ledger
-from tests.support import Process
+from tests.support import Admin, Ledger, Process
 
 PNG = base64.b64encode(bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000")).decode()
 CACHE = {"x-demo-cache-read": "300", "x-demo-cache-write-5m": "40"}

@@ -16,8 +16,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.conftest import Admin, Ledger
-from tests.support import Process, start_meter
+from tests.support import Admin, Ledger, Process, start_meter
 
 BODY: Any = {"model": "claude-sonnet-4-6", "max_tokens": 20, "messages": [{"role": "user", "content": "Hi"}]}
 

@@ -10,8 +10,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.conftest import Admin, Ledger
-from tests.support import OPERATOR_KEY, Process
+from tests.support import OPERATOR_KEY, Admin, Ledger, Process
 
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": [{"role": "user", "content": "héllo"}]}
 

@@ -23,7 +23,6 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import Admin
 from tests.integration.test_deploy import (
     ALERTS,
     PROMETHEUS_CONFIG,
@@ -34,7 +33,7 @@ from tests.integration.test_deploy import (
     load_yaml,
     series_names,
 )
-from tests.support import Process, free_port, wait_for_http
+from tests.support import Admin, Process, free_port, wait_for_http
 
 MODEL = "claude-sonnet-4-6"
 UNPRICED_MODEL = "claude-unpriced-test-model"

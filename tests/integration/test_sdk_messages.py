@@ -12,8 +12,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from tests.conftest import Ledger
-from tests.support import Process
+from tests.support import Ledger, Process
 
 # Sonnet 4.6 list prices per million tokens: input, output, 5m write, 1h write, cache read.
 SONNET = dict(zip(("in", "out", "w5m", "w1h", "read"), map(Decimal, ("3", "15", "3.75", "6", "0.30")), strict=True))
