@@ -5,6 +5,7 @@ waits for state."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from meter.db.engine import create_engine
@@ -55,6 +57,17 @@ async def eventually_async(condition: Callable[[], Awaitable[T]], timeout_s: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"still waiting after {timeout_s} s for {waiting_for or condition}")
         await asyncio.sleep(POLL_INTERVAL_S)
+
+
+def metric(base_url: str, name: str, **labels: str) -> float:
+    """The sum of the samples named `name` (with at least these labels) that meter at `base_url` exports."""
+    text = httpx.get(base_url + "/metrics", timeout=10).text
+    return math.fsum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 def free_port() -> int:
