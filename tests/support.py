@@ -33,7 +33,7 @@ T = TypeVar("T")
 POLL_INTERVAL_S = 0.05
 
 
-def eventually(condition: Callable[[], T], timeout_s: float = 10.0, waiting_for: str = "") -> T:
+def eventually(condition: Callable[[], T | None], timeout_s: float = 10.0, waiting_for: str = "") -> T:
     """Poll `condition` until it returns something truthy, and return that; fail after `timeout_s`.
 
     The deadline only bounds a wait for state that should come: it is never what a test checks."""
@@ -47,7 +47,9 @@ def eventually(condition: Callable[[], T], timeout_s: float = 10.0, waiting_for:
         time.sleep(POLL_INTERVAL_S)
 
 
-async def eventually_async(condition: Callable[[], Awaitable[T]], timeout_s: float = 10.0, waiting_for: str = "") -> T:
+async def eventually_async(
+    condition: Callable[[], Awaitable[T | None]], timeout_s: float = 10.0, waiting_for: str = ""
+) -> T:
     """`eventually` for a test that runs on the event loop: `condition` is awaited."""
     deadline = time.monotonic() + timeout_s
     while True:

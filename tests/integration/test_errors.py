@@ -4,7 +4,6 @@ Anthropic-shaped error, and every authenticated request still leaves its ledger 
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -115,9 +114,9 @@ def test_client_disconnect_mid_stream_still_records_final_usage(
         for line in head.split(b"\r\n")
         if line.lower().startswith(b"x-meter-request-id:")
     )
-    started = time.monotonic()
+    assert b"message_stop" not in head  # the client left mid-stream...
     row = ledger.row(request_id, timeout_s=15)
-    assert time.monotonic() - started > 0.3, "the row came before the upstream could have finished"
+    # ...and meter read the upstream to its end: all 60 tokens and the final stop reason.
     assert (row["output_tokens"], row["partial"], row["stop_reason"]) == (60, False, "end_turn")
     assert row["cost_usd"] > 0
 
