@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,6 +70,24 @@ def metric(base_url: str, name: str, **labels: str) -> float:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
         if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def start_of_next(period: str, moment: datetime) -> datetime:
+    """When the UTC "day" or "month" after the one `moment` falls in begins: when meter's daily and
+    monthly limits reset."""
+    moment = moment.astimezone(UTC)
+    if period == "day":
+        return datetime(moment.year, moment.month, moment.day, tzinfo=UTC) + timedelta(days=1)
+    return datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC)
+
+
+def retry_after_ends_the(period: str, retry_after: int, sent: datetime, answered: datetime) -> bool:
+    """Whether a `retry-after` that meter computed between `sent` and `answered` counts down to the
+    start of the next `period`, rounded up to a second (the period may have turned in between)."""
+    return any(
+        sent - timedelta(seconds=1) <= start_of_next(period, moment) - timedelta(seconds=retry_after) <= answered
+        for moment in (sent, answered)
     )
 
 
