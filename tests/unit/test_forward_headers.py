@@ -1,0 +1,69 @@
+"""Which headers cross meter, each way: the tenant's credential and the hop-by-hop headers never do."""
+
+from __future__ import annotations
+
+import httpx
+
+from meter.proxy.forward import Upstream, response_headers
+
+# As an ASGI server hands them over: lower-case names, in order, repeats kept.
+INCOMING = [
+    (b"host", b"meter.example"),
+    (b"content-length", b"42"),
+    (b"content-type", b"application/json"),
+    (b"x-api-key", b"sk-meter-tenant-secret"),
+    (b"authorization", b"Bearer sk-meter-tenant-secret"),
+    (b"anthropic-version", b"2023-06-01"),
+    (b"anthropic-beta", b"a-1"),
+    (b"accept-encoding", b"gzip, br"),
+    (b"connection", b"keep-alive"),
+    (b"te", b"trailers"),
+    (b"anthropic-beta", b"b-2"),
+    (b"x-custom", b"kept"),
+]
+PASSED_ON = [
+    (b"content-type", b"application/json"),
+    (b"anthropic-version", b"2023-06-01"),
+    (b"anthropic-beta", b"a-1"),
+    (b"anthropic-beta", b"b-2"),
+    (b"x-custom", b"kept"),
+]
+
+
+def test_the_upstream_gets_the_operators_key_instead_of_the_tenants() -> None:
+    forwarded = Upstream("http://upstream.test", "sk-ant-operator").request_headers(INCOMING)
+    assert forwarded == [*PASSED_ON, (b"x-api-key", b"sk-ant-operator"), (b"accept-encoding", b"identity")]
+
+
+def test_without_an_operator_key_no_credential_is_sent() -> None:
+    forwarded = Upstream("http://upstream.test", None).request_headers(INCOMING)
+    assert forwarded == [*PASSED_ON, (b"accept-encoding", b"identity")]
+
+
+def test_uncompressed_answers_are_asked_for_even_when_the_client_sent_no_accept_encoding() -> None:
+    forwarded = Upstream("http://upstream.test", None).request_headers([(b"anthropic-version", b"2023-06-01")])
+    assert forwarded == [(b"anthropic-version", b"2023-06-01"), (b"accept-encoding", b"identity")]
+
+
+def test_the_answers_framing_and_hop_by_hop_headers_stay_behind_in_any_case() -> None:
+    upstream = httpx.Response(
+        200,
+        headers=[
+            ("Content-Type", "text/event-stream"),
+            ("Content-Length", "5"),
+            ("Transfer-Encoding", "chunked"),
+            ("Connection", "keep-alive"),
+            ("Keep-Alive", "timeout=5"),
+            ("request-id", "req_1"),
+            ("anthropic-ratelimit-requests-remaining", "7"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+        ],
+    )
+    assert response_headers(upstream) == [
+        (b"Content-Type", b"text/event-stream"),
+        (b"request-id", b"req_1"),
+        (b"anthropic-ratelimit-requests-remaining", b"7"),
+        (b"set-cookie", b"a=1"),
+        (b"set-cookie", b"b=2"),
+    ]
