@@ -54,8 +54,11 @@ def test_500_is_relayed_unmodified(meter: Process, upstream: Process, tenant_key
         headers={**headers(tenant_key, **{"x-demo-error": "500"}), "x-api-key": "sk-ant-test-operator-key"},
     )
     assert via_meter.status_code == direct.status_code == 500
-    strip = lambda body: {k: v for k, v in body.items() if k != "request_id"}  # noqa: E731
-    assert strip(via_meter.json()) == strip(direct.json())
+    assert without_request_id(via_meter.json()) == without_request_id(direct.json())
+
+
+def without_request_id(body: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in body.items() if name != "request_id"}
 
 
 def test_midstream_error_event_reaches_the_sdk_and_row_is_partial(client: anthropic.Anthropic, ledger: Ledger) -> None:
