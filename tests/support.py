@@ -1,22 +1,94 @@
-"""Test peers over real sockets: Postgres servers, the demo upstream and meter, each a process."""
+"""Test helpers: peers over real sockets (Postgres servers, the demo upstream and meter, each a
+process), clients of meter's operator API and ledger table, and `eventually`, the one way a test
+waits for state."""
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
+
+from meter.db.engine import create_engine
+from meter.db.models import usage_events
 
 OPERATOR_KEY = "sk-ant-test-operator-key"
 METER = [sys.executable, "-m", "meter"]
 ADMIN_TOKEN = "meter-admin-test-token"
+
+
+T = TypeVar("T")
+POLL_INTERVAL_S = 0.05
+
+
+def eventually(condition: Callable[[], T | None], timeout_s: float = 10.0, waiting_for: str = "") -> T:
+    """Poll `condition` until it returns something truthy, and return that; fail after `timeout_s`.
+
+    The deadline only bounds a wait for state that should come: it is never what a test checks."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting after {timeout_s} s for {waiting_for or condition}")
+        time.sleep(POLL_INTERVAL_S)
+
+
+async def eventually_async(
+    condition: Callable[[], Awaitable[T | None]], timeout_s: float = 10.0, waiting_for: str = ""
+) -> T:
+    """`eventually` for a test that runs on the event loop: `condition` is awaited."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting after {timeout_s} s for {waiting_for or condition}")
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+def metric(base_url: str, name: str, **labels: str) -> float:
+    """The sum of the samples named `name` (with at least these labels) that meter at `base_url` exports."""
+    text = httpx.get(base_url + "/metrics", timeout=10).text
+    return math.fsum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def start_of_next(period: str, moment: datetime) -> datetime:
+    """When the UTC "day" or "month" after the one `moment` falls in begins: when meter's daily and
+    monthly limits reset."""
+    moment = moment.astimezone(UTC)
+    if period == "day":
+        return datetime(moment.year, moment.month, moment.day, tzinfo=UTC) + timedelta(days=1)
+    return datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC)
+
+
+def retry_after_ends_the(period: str, retry_after: int, sent: datetime, answered: datetime) -> bool:
+    """Whether a `retry-after` that meter computed between `sent` and `answered` counts down to the
+    start of the next `period`, rounded up to a second (the period may have turned in between)."""
+    return any(
+        sent - timedelta(seconds=1) <= start_of_next(period, moment) - timedelta(seconds=retry_after) <= answered
+        for moment in (sent, answered)
+    )
 
 
 def free_port() -> int:
@@ -27,17 +99,15 @@ def free_port() -> int:
 
 
 def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
         try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
+            return httpx.get(url, timeout=1).status_code < 500
         except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer")
+            return False
+
+    eventually(answers, timeout_s, f"{url} to answer")
 
 
 class EmbeddedPostgres:
@@ -71,8 +141,6 @@ class EmbeddedPostgres:
 
 def create_database(server_url: str, name: str) -> str:
     """Create database `name` on the server at `server_url`; return its URL."""
-    import asyncio
-
     import asyncpg
 
     async def create() -> None:
@@ -161,3 +229,51 @@ def start_meter(database_url: str, upstream_url: str, data_dir: Path, *args: str
         f"http://127.0.0.1:{port}",
         "/readyz",
     )
+
+
+@dataclass
+class Admin:
+    """The operator API of one meter process."""
+
+    base_url: str
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"authorization": f"Bearer {ADMIN_TOKEN}", **kwargs.pop("headers", {})}
+        return httpx.request(method, self.base_url + path, headers=headers, timeout=30, **kwargs)
+
+    def create_tenant(self, name: str = "acme") -> dict[str, Any]:
+        response = self.request("POST", "/admin/tenants", json={"name": name})
+        assert response.status_code == 201, response.text
+        tenant: dict[str, Any] = response.json()
+        return tenant
+
+    def issue_key(self, tenant_id: str, **spec: Any) -> dict[str, Any]:
+        response = self.request("POST", f"/admin/tenants/{tenant_id}/keys", json=spec)
+        assert response.status_code == 201, response.text
+        key: dict[str, Any] = response.json()
+        return key
+
+
+class Ledger:
+    """Reads the ledger table directly, waiting for the batched writer to catch up."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def rows(self, **where: Any) -> list[dict[str, Any]]:
+        async def query() -> list[dict[str, Any]]:
+            engine = create_engine(self.url, pool_size=1)
+            try:
+                statement = select(usage_events).order_by(usage_events.c.request_id)
+                for column, value in where.items():
+                    statement = statement.where(usage_events.c[column] == value)
+                async with engine.connect() as conn:
+                    return [dict(row) for row in (await conn.execute(statement)).mappings()]
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(query())
+
+    def row(self, request_id: str, timeout_s: float = 10.0) -> dict[str, Any]:
+        found = eventually(lambda: self.rows(request_id=request_id), timeout_s, f"the ledger row of {request_id}")
+        return found[0]

@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.conftest import Ledger
-from tests.support import ADMIN_TOKEN, Process, free_port, wait_for_http
+from tests.support import ADMIN_TOKEN, Ledger, Process, eventually, free_port, wait_for_http
 
 
 def meter_cli(database_url: str, *args: str) -> Any:
@@ -104,16 +102,15 @@ def test_serve_demo_with_embedded_postgres(tmp_path: Path) -> None:
             )
         assert reply.usage.output_tokens > 0
         token = (tmp_path / "data" / "admin_token").read_text().strip()
-        events = httpx.get(
-            f"http://127.0.0.1:{port}/admin/usage/events", headers={"authorization": f"Bearer {token}"}
-        ).json()["data"]
-        for _ in range(50):
-            if events:
-                break
-            time.sleep(0.1)
-            events = httpx.get(
+
+        def usage_events() -> list[dict[str, Any]]:
+            response = httpx.get(
                 f"http://127.0.0.1:{port}/admin/usage/events", headers={"authorization": f"Bearer {token}"}
-            ).json()["data"]
+            )
+            events: list[dict[str, Any]] = response.json()["data"]
+            return events
+
+        events = eventually(usage_events, waiting_for="the demo request's ledger row")
         assert events[0]["output_tokens"] == reply.usage.output_tokens
     finally:
         process.send_signal(signal.SIGTERM)

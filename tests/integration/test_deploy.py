@@ -55,7 +55,7 @@ def compose() -> dict[str, Any]:
 
 
 def kubernetes_documents() -> list[dict[str, Any]]:
-    documents = []
+    documents: list[dict[str, Any]] = []
     for path in sorted(KUBERNETES.glob("*.yaml")):
         documents.extend(d for d in yaml.safe_load_all(path.read_text()) if d is not None)
     return documents
@@ -329,7 +329,8 @@ def mount_target(service: dict[str, Any], source: str) -> str:
     for volume in service["volumes"]:
         parts = volume.split(":")
         if (COMPOSE.parent / parts[0]).resolve() == (COMPOSE.parent / source).resolve():
-            return parts[1]
+            target: str = parts[1]
+            return target
     raise AssertionError(f"{source} is not mounted")
 
 
@@ -458,6 +459,7 @@ def test_kubernetes_documents_are_named_and_namespace_free() -> None:
 
 
 def meter_container(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    container: dict[str, Any]
     (container,) = pod_spec["containers"]
     return container
 

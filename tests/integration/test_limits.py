@@ -7,8 +7,8 @@ import os
 import re
 import secrets
 import signal
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.conftest import Admin, Ledger
-from tests.support import Process, start_meter
+from tests.support import Admin, Ledger, Process, eventually, metric, retry_after_ends_the, start_meter
 
 HOLD_TTL_S = "2"
 BODY: dict[str, Any] = {
@@ -40,12 +39,12 @@ def meters(database_url: str, upstream: Process, tmp_path_factory: pytest.TempPa
 
 
 def new_tenant(meters: list[Process], limits: dict[str, Any] | None = None) -> tuple[dict[str, Any], Admin]:
+    """A tenant with one key, not used yet: every process reads it, limits included, at its first request."""
     admin = Admin(meters[0].base_url)
     key = admin.issue_key(admin.create_tenant(f"limited-{secrets.token_hex(3)}")["id"])
     if limits is not None:
         response = admin.request("PUT", f"/admin/tenants/{key['tenant_id']}/limits", json=limits)
         assert response.status_code == 200, response.text
-        time.sleep(1.1)  # the other process sees new limits within its one-second key cache
     return key, admin
 
 
@@ -77,7 +76,9 @@ def test_budget_holds_across_two_processes_under_200_concurrent_requests(meters:
     # Each request may cost (input estimate + 100 output tokens at $15/MTok) ~ $0.0016 and actually
     # costs 20 output tokens: a $0.05 budget fits some of 200, not all.
     key, admin = new_tenant(meters, {"budget_usd_per_month": "0.05"})
+    sent = datetime.now(UTC)
     responses = asyncio.run(fire(meters, key, 200, BODY, **{"x-demo-output-tokens": "20"}))
+    answered = datetime.now(UTC)
     ok = [r for r in responses if r.status_code == 200]
     refused = [r for r in responses if r.status_code == 429]
     assert len(ok) + len(refused) == 200, {r.status_code for r in responses}
@@ -88,7 +89,8 @@ def test_budget_holds_across_two_processes_under_200_concurrent_requests(meters:
         # Refused only without headroom: what remained was less than this request's worst case.
         remains, needed = remains_and_needed(error["message"])
         assert remains < needed
-        assert response.headers["x-should-retry"] == "false"  # the month resets later than a minute
+        assert retry_after_ends_the("month", int(response.headers["retry-after"]), sent, answered)
+        assert_retry_advice(response.headers)
     for response in ok:
         ledger.row(response.headers["x-meter-request-id"])
     spent = sum(row["cost_usd"] for row in ledger.rows(tenant_id=key["tenant_id"]))
@@ -97,13 +99,20 @@ def test_budget_holds_across_two_processes_under_200_concurrent_requests(meters:
     assert Decimal(view["this_month"]["cost_usd"]) == spent  # settled to the exact cost, row by row
 
 
+def assert_retry_advice(refusal: Mapping[str, str]) -> None:
+    """The SDKs wait out a retry-after of up to a minute; past that, meter tells them not to retry."""
+    retry_after = int(refusal["retry-after"])
+    assert refusal.get("x-should-retry") == ("false" if retry_after > 60 else None), refusal
+
+
 def settled_view(admin: Admin, path: str) -> dict[str, Any]:
-    for _ in range(100):
+    """The limits view once no request holds a reservation any more."""
+
+    def settled() -> dict[str, Any] | None:
         view: dict[str, Any] = admin.request("GET", path).json()
-        if view["in_flight"] == 0:
-            return view
-        time.sleep(0.05)
-    raise AssertionError(f"holds never settled: {view}")
+        return view if view["in_flight"] == 0 else None
+
+    return eventually(settled, waiting_for=f"the holds of {path} to settle")
 
 
 def test_requests_per_minute_across_two_processes(meters: list[Process]) -> None:
@@ -120,13 +129,13 @@ def test_requests_per_minute_across_two_processes(meters: list[Process]) -> None
 
 
 def test_concurrency_across_two_processes(meters: list[Process]) -> None:
-    key, _ = new_tenant(meters, {"max_concurrent_requests": 3})
+    key, admin = new_tenant(meters, {"max_concurrent_requests": 3})
     slow = {"x-demo-output-tokens": "20", "x-demo-tokens-per-second": "20"}
     responses = asyncio.run(fire(meters, key, 10, {**BODY, "stream": True}, **slow))
     assert [r.status_code for r in responses].count(200) == 3
     assert all(r.json()["error"]["type"] == "rate_limit_error" for r in responses if r.status_code != 200)
-    # Once they finished, the slots are free again.
-    time.sleep(0.3)
+    # Once they are settled, the slots are free again.
+    settled_view(admin, f"/admin/tenants/{key['tenant_id']}/limits")
     again = asyncio.run(fire(meters, key, 3, BODY))
     assert [r.status_code for r in again] == [200, 200, 200]
 
@@ -156,13 +165,11 @@ def test_killed_process_holds_expire(
         victim.stop()
     blocked = httpx.post(meters[1].base_url + "/v1/messages", json=BODY, headers=headers(key))
     assert blocked.status_code == 429  # the dead process's holds still count, for now
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if httpx.post(meters[1].base_url + "/v1/messages", json=BODY, headers=headers(key)).status_code == 200:
-            break
-        time.sleep(0.25)
-    else:
-        raise AssertionError("the killed process's holds never expired")
+    eventually(
+        lambda: httpx.post(meters[1].base_url + "/v1/messages", json=BODY, headers=headers(key)).status_code == 200,
+        15,
+        "the killed process's holds to expire",
+    )
 
 
 def test_streams_settle_exactly_against_token_limits(meters: list[Process], ledger: Ledger) -> None:
@@ -196,14 +203,16 @@ def test_sdk_sees_rate_limit_error_with_retry_after(meters: list[Process]) -> No
 
 def test_daily_token_limit_says_do_not_retry(meters: list[Process]) -> None:
     key, _ = new_tenant(meters, {"tokens_per_day": 50})
+    sent = datetime.now(UTC)
     with (
         anthropic.Anthropic(base_url=meters[1].base_url, api_key=key["key"], max_retries=2) as client,
         pytest.raises(anthropic.RateLimitError) as caught,
     ):
         client.messages.create(**BODY)  # 100 max_tokens alone exceed 50 tokens a day
+    answered = datetime.now(UTC)
     response = caught.value.response
-    assert response.headers["x-should-retry"] == "false"
-    assert int(response.headers["retry-after"]) > 60
+    assert retry_after_ends_the("day", int(response.headers["retry-after"]), sent, answered)
+    assert_retry_advice(response.headers)  # do not retry, unless the day ends within a minute
     assert response.headers["anthropic-ratelimit-tokens-limit"] == "50"
     assert "daily token limit" in caught.value.message
 
@@ -215,7 +224,6 @@ def test_prepaid_credit_is_spent_exactly_and_refuses_when_low(meters: list[Proce
     )
     assert topped.status_code == 200, topped.text
     assert topped.json()["balance_usd"] == "0.01"
-    time.sleep(1.1)
     with anthropic.Anthropic(base_url=meters[1].base_url, api_key=key["key"], max_retries=0) as client:
         made = [client.messages.with_raw_response.create(**BODY).headers["x-meter-request-id"] for _ in range(3)]
         with pytest.raises(anthropic.BadRequestError) as caught:
@@ -246,9 +254,13 @@ def test_unknown_model_is_refused_with_a_budget_and_unpriced_without(meters: lis
         "PUT", "/admin/prices", json={"prices": [{"model": model, "input_per_mtok": "2", "output_per_mtok": "8"}]}
     )
     assert put.status_code == 200, put.text
-    time.sleep(1.1)
-    priced = httpx.post(meters[1].base_url + "/v1/messages", json={**BODY, "model": model}, headers=headers(free))
-    row = ledger.row(priced.headers["x-meter-request-id"])
+
+    def priced_on_the_other_process() -> dict[str, Any] | None:
+        response = httpx.post(meters[1].base_url + "/v1/messages", json={**BODY, "model": model}, headers=headers(free))
+        row = ledger.row(response.headers["x-meter-request-id"])
+        return row if row["cost_usd"] is not None else None
+
+    row = eventually(priced_on_the_other_process, waiting_for="the price to reach the other process")
     assert row["cost_usd"] == (row["input_tokens"] * 2 + row["output_tokens"] * 8) / Decimal(1_000_000)
     assert ledger.row(unpriced.headers["x-meter-request-id"])["cost_usd"] is None  # the past is not repriced
     listed = admin.request("GET", "/admin/prices").json()["data"]
@@ -292,25 +304,27 @@ def test_limits_api_validates_and_key_limits_apply(meters: list[Process]) -> Non
     assert statuses == [200, 200, 429]
 
 
-def metric(base_url: str, name: str) -> float:
-    total = 0.0
-    for line in httpx.get(base_url + "/metrics").text.splitlines():
-        if line.startswith(name):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_limited_requests_cost_one_database_round_trip_on_average(meters: list[Process]) -> None:
     key, _ = new_tenant(meters, {"requests_per_minute": 100_000, "budget_usd_per_month": "1000"})
     process = [meters[0]]
-    names = ("meter_db_round_trips_total", 'meter_requests_total{endpoint="messages"')
-    before = [metric(process[0].base_url, name) for name in names]
+    base_url = process[0].base_url
+
+    def counts() -> tuple[float, float, float]:
+        """Round trips, requests, ledger rows written."""
+        return (
+            metric(base_url, "meter_db_round_trips_total"),
+            metric(base_url, "meter_requests_total", endpoint="messages"),
+            metric(base_url, "meter_ledger_rows_written_total"),
+        )
+
+    before = counts()
     for _ in range(4):
         assert all(r.status_code == 200 for r in asyncio.run(fire(process, key, 100, BODY)))
-    time.sleep(0.3)  # the last ledger batch
-    trips, requests = (metric(process[0].base_url, name) - was for name, was in zip(names, before, strict=True))
+    # The last ledger batch is part of the cost.
+    eventually(lambda: counts()[2] - before[2] >= 400, waiting_for="the ledger rows of the 400 requests")
+    trips, requests, _ = (now - was for now, was in zip(counts(), before, strict=True))
     assert requests == 400
-    reserves = metric(process[0].base_url, 'meter_db_round_trips_total{purpose="reserve"}')
+    reserves = metric(base_url, "meter_db_round_trips_total", purpose="reserve")
     assert reserves >= 400
     assert trips / requests <= 1.25, f"{trips} round trips for {requests} requests"
 

@@ -10,10 +10,9 @@ import anthropic
 import httpx
 import pytest
 
-from tests.conftest import Admin, Ledger
-from tests.support import OPERATOR_KEY, Process
+from tests.support import OPERATOR_KEY, Admin, Ledger, Process
 
-BODY = {"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": [{"role": "user", "content": "héllo"}]}
+BODY: Any = {"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": [{"role": "user", "content": "héllo"}]}
 
 
 def last_upstream_request(upstream: Process) -> dict[str, Any]:

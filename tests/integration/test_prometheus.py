@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,6 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import Admin
 from tests.integration.test_deploy import (
     ALERTS,
     PROMETHEUS_CONFIG,
@@ -34,7 +34,7 @@ from tests.integration.test_deploy import (
     load_yaml,
     series_names,
 )
-from tests.support import Process, free_port, wait_for_http
+from tests.support import Admin, Process, eventually, free_port, wait_for_http
 
 MODEL = "claude-sonnet-4-6"
 UNPRICED_MODEL = "claude-unpriced-test-model"
@@ -105,6 +105,13 @@ class Prometheus:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
+
+    def caught_up(self, since: datetime) -> bool:
+        """Whether meter was scraped after `since`, and every rule group evaluated after that scrape."""
+        (target,) = self.get("/api/v1/targets")["activeTargets"]
+        scraped = datetime.fromisoformat(target["lastScrape"])
+        groups = self.get("/api/v1/rules")["groups"]
+        return scraped > since and all(datetime.fromisoformat(group["lastEvaluation"]) > scraped for group in groups)
 
 
 @pytest.fixture
@@ -202,11 +209,12 @@ def test_every_query_returns_data_from_real_traffic(request: pytest.FixtureReque
     broke_key = new_key(admin, {"budget_usd_per_day": "0"})
     prepaid = admin.create_tenant("prepaid")  # for the credit balance panel
     assert admin.request("POST", f"/admin/tenants/{prepaid['id']}/credits", json={"amount_usd": "5"}).status_code == 200
-    time.sleep(1.1)  # limits reach every process within its one-second key cache
+    # The keys are new: meter reads them, limits included, at their first request.
     outcomes = drive_traffic(meter.base_url, tenant_key["key"], limited_key, broke_key)
     assert outcomes["json ok"] and outcomes["stream ok"] and outcomes["unpriced ok"], outcomes
     assert outcomes["overloaded 529"] and outcomes["limited 429"] and outcomes["broke 429"], outcomes
-    time.sleep(2.5)  # a last scrape and rule evaluation after the traffic
+    ended = datetime.now(UTC)
+    eventually(lambda: prometheus.caught_up(ended), 30, "a scrape and a rule evaluation after the traffic")
     # Keeps NOT_YET_EMITTED honest: once meter updates one of these, its panels must show data.
     assert exported_series().keys() >= NOT_YET_EMITTED
     exposition = httpx.get(meter.base_url + "/metrics", timeout=10).text

@@ -12,8 +12,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from tests.conftest import Ledger
-from tests.support import Process
+from tests.support import Ledger, Process
 
 # Sonnet 4.6 list prices per million tokens: input, output, 5m write, 1h write, cache read.
 SONNET = dict(zip(("in", "out", "w5m", "w1h", "read"), map(Decimal, ("3", "15", "3.75", "6", "0.30")), strict=True))
@@ -25,13 +24,14 @@ def expected_cost(usage: Any) -> Decimal:
     split = usage.cache_creation
     five = split.ephemeral_5m_input_tokens if split else usage.cache_creation_input_tokens
     hour = split.ephemeral_1h_input_tokens if split else 0
-    return (
+    cost: Decimal = (
         usage.input_tokens * SONNET["in"]
         + usage.output_tokens * SONNET["out"]
         + five * SONNET["w5m"]
         + hour * SONNET["w1h"]
         + usage.cache_read_input_tokens * SONNET["read"]
     ) / 1_000_000
+    return cost
 
 
 def assert_row_matches(row: dict[str, Any], usage: Any, key: dict[str, Any], stream: bool) -> None:

@@ -9,8 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Admin, Ledger
-from tests.support import Process, start_meter
+from tests.support import Admin, Ledger, Process, start_meter
 
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 20, "messages": [{"role": "user", "content": "Hi"}]}
 

@@ -1,6 +1,6 @@
 """The OpenAI Chat Completions <-> Anthropic Messages translation, checked against the real openai SDK.
 
-Pure: the SDK talks to an in-memory transport that runs the translators, no sockets.
+Pure: the SDK talks to an in-memory transport that runs meter's endpoint, no sockets.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from meter.errors import MeterError, RateLimited
 from meter.openai_compat import (
     ChunkTranslator,
     OpenAIRequestError,
@@ -25,6 +26,7 @@ from meter.openai_compat import (
     to_anthropic,
     to_openai,
 )
+from meter.openai_compat.endpoint import ChatCompletions
 
 MODEL = "claude-sonnet-4-6"
 CREATED = 1754550000
@@ -831,20 +833,20 @@ def test_stream_without_event_lines_and_server_tools() -> None:
 
 
 def sdk_client(upstream: Callable[[dict[str, Any], bool], httpx2.Response]) -> openai.OpenAI:
-    """An openai client whose transport runs meter's translation around a fake Anthropic upstream."""
+    """An openai client whose transport does with meter's real endpoint what the gateway does, around
+    a fake Anthropic upstream (which may also raise meter's own refusals, as the limits stage does)."""
 
     def handle(request: httpx2.Request) -> httpx2.Response:
+        endpoint = ChatCompletions()
         try:
-            body, model, stream, include_usage = to_anthropic(request.read())
-        except OpenAIRequestError as error:
-            return httpx2.Response(error.status, content=error.body())
-        reply = upstream(json.loads(body), stream)
-        if reply.status_code != 200:
-            status = reply.status_code
-            return httpx2.Response(status, content=anthropic_error_to_openai(status, reply.read()))
-        if not stream:
-            return httpx2.Response(200, content=to_openai(reply.read(), model, CREATED))
-        translator = ChunkTranslator(model, CREATED, include_usage)
+            anthropic_request = json.loads(endpoint.request(request.read()))
+            stream = anthropic_request.get("stream") is True
+            reply = upstream(anthropic_request, stream)
+        except MeterError as error:
+            return httpx2.Response(error.status, headers=error.headers, content=endpoint.error(error, "req_test"))
+        if not stream or reply.status_code != 200:
+            return httpx2.Response(reply.status_code, content=endpoint.answer(reply.status_code, reply.read()))
+        translator = endpoint.stream()
         raw = reply.read()
         pieces = [translator.feed(raw[i : i + 7]) for i in range(0, len(raw), 7)] + [translator.finish()]
         return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=b"".join(pieces))
@@ -917,3 +919,14 @@ def test_sdk_sees_upstream_and_translation_errors() -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         sdk_client(rate_limited).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], n=2)
     assert (bad.value.param, bad.value.code) == ("n", "unsupported_parameter")
+
+
+def test_sdk_sees_meters_own_refusals_in_openai_shape() -> None:
+    def over_budget(body: dict[str, Any], stream: bool) -> httpx2.Response:
+        raise RateLimited("This request would exceed the daily budget.", {"retry-after": "7"})
+
+    with pytest.raises(openai.RateLimitError) as limited:
+        sdk_client(over_budget).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
+    assert (limited.value.code, limited.value.type) == ("rate_limit_exceeded", "rate_limit_error")
+    assert limited.value.response.headers["retry-after"] == "7"
+    assert "daily budget" in limited.value.message
