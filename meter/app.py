@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from meter import server
 from meter.admin.audit import AuditController, token_actor
 from meter.admin.auth import admin_guard
 from meter.admin.credit import CreditController
@@ -34,6 +35,7 @@ from meter.pricing import PriceTable
 from meter.proxy.auth import KeyCache
 from meter.proxy.endpoints import ENDPOINTS
 from meter.proxy.forward import Upstream
+from meter.proxy.gate import Gate
 from meter.proxy.gateway import Gateway
 from meter.proxy.limits import Limiter
 from meter.proxy.recorder import Recorder
@@ -75,13 +77,16 @@ def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -
         engine, metrics, settings.ledger_batch_rows, settings.ledger_flush_interval_s, settings.ledger_max_pending
     )
     limiter = Limiter(engine, hot_engine, prices, metrics, settings.hold_ttl_s)
+    gate = Gate(metrics, settings.max_in_flight, settings.tenant_max_in_flight, settings.tenant_max_drains)
     gateway = Gateway(
         keys,
         limiter,
         upstream,
         Recorder(ledger, prices, metrics),
+        gate,
         metrics,
         settings.max_body_bytes,
+        settings.body_timeout_s,
         settings.disconnect_drain_s,
     )
     return Parts(settings, engine, hot_engine, metrics, prices, keys, upstream, ledger, gateway)
@@ -95,6 +100,7 @@ def create_app_from_env() -> ProxyRoutes:
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> ProxyRoutes:
     """The ASGI app: Anthropic's paths go straight to the gateway, the rest to Litestar."""
     parts = build_parts(settings, registry)
+    server.configure(settings)
     database_url = settings.database_url or ""
 
     @contextlib.asynccontextmanager

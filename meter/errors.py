@@ -6,6 +6,7 @@
     ├── PermissionDenied            403     permission_error
     ├── NotFound                    404     not_found_error
     ├── MethodNotAllowed            405     invalid_request_error
+    ├── RequestTimeout              408     invalid_request_error
     ├── RequestTooLarge             413     request_too_large
     ├── RateLimited                 429     rate_limit_error
     ├── InternalError               500     api_error
@@ -103,6 +104,10 @@ class NotFound(MeterError):
 
 class MethodNotAllowed(MeterError):
     status = 405
+
+
+class RequestTimeout(MeterError):
+    status = 408
 
 
 class RequestTooLarge(MeterError):

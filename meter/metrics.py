@@ -36,7 +36,7 @@ TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 # Why a limit refused a request: a limit setting, or prepaid credit (meter_reserve's reasons).
-LIMIT_REASONS = (*LIMIT_SETTINGS, "credit")
+LIMIT_REASONS = (*LIMIT_SETTINGS, "credit", "tenant_in_flight")
 # What went wrong upstream: meter's own observations, then the error types of Anthropic's 429 and 5xx
 # answers; anything else is "other".
 UPSTREAM_ERROR_TYPES = (
@@ -113,6 +113,11 @@ class Metrics:
         # Gauges say how to add up worker processes (`meter serve --workers N`).
         self.in_flight = Gauge(
             "meter_in_flight_requests", "Requests being served", registry=registry, multiprocess_mode="livesum"
+        )
+        self.shed = Counter(
+            "meter_shed_requests_total",
+            "Requests refused at once (529) because the process had as many in flight as it may",
+            registry=registry,
         )
         self.db_round_trips = Counter(
             "meter_db_round_trips_total",

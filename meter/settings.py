@@ -57,6 +57,20 @@ class Settings:
     workers: int = 1
     # SIGTERM: how long in-flight requests may take to finish.
     shutdown_grace_s: float = 30.0
+    # The HTTP server's own defences (meter/server.py, proxy/request.py, proxy/gate.py).
+    # A request's headers must arrive within this time and fit in this many bytes.
+    header_timeout_s: float = 10.0
+    max_header_bytes: int = 64 * 1024
+    # A request body may pause this long between two chunks.
+    body_timeout_s: float = 30.0
+    # Open connections per process (uvicorn answers 503 past it) and requests in flight per process
+    # (meter answers 529 overloaded_error past it, at once).
+    max_connections: int = 4096
+    max_in_flight: int = 2000
+    # Per tenant and process, whatever its limits: requests in flight (the slot is taken before the
+    # body is read), and streams still read after their client left, to learn their final usage.
+    tenant_max_in_flight: int = 256
+    tenant_max_drains: int = 16
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.upstream_url).scheme
@@ -68,6 +82,12 @@ class Settings:
             raise ConfigError(f"METER_PORT must be a port number, got {self.port}")
         if self.workers < 1:
             raise ConfigError(f"METER_WORKERS must be at least 1, got {self.workers}")
+        for name in ("header_timeout_s", "body_timeout_s", "max_header_bytes", "max_connections", "max_in_flight"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"METER_{name.upper()} must be positive, got {getattr(self, name)}")
+        for name in ("tenant_max_in_flight", "tenant_max_drains"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"METER_{name.upper()} must not be negative, got {getattr(self, name)}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -117,4 +137,11 @@ ENV_FIELDS: dict[str, type] = {
     "metrics_max_tenants": int,
     "workers": int,
     "key_cache_ttl_s": float,
+    "header_timeout_s": float,
+    "max_header_bytes": int,
+    "body_timeout_s": float,
+    "max_connections": int,
+    "max_in_flight": int,
+    "tenant_max_in_flight": int,
+    "tenant_max_drains": int,
 }

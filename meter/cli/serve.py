@@ -92,6 +92,7 @@ def _run_gateway(settings: Settings, demo_mode: bool) -> None:
 
     from meter.app import create_app
     from meter.db import migrate
+    from meter.server import GuardedHttpToolsProtocol
 
     url = common.database_url(settings)
     migrate.upgrade(url)
@@ -118,7 +119,8 @@ def _run_gateway(settings: Settings, demo_mode: bool) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=GuardedHttpToolsProtocol,
+        limit_concurrency=settings.max_connections,
         lifespan="on",
         access_log=False,
         # The upstream's own Date and Server headers are relayed instead.

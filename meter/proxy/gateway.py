@@ -25,6 +25,7 @@ from meter.proxy.auth import KeyCache
 from meter.proxy.endpoints import Endpoint, Route
 from meter.proxy.exchange import Exchange
 from meter.proxy.forward import Upstream
+from meter.proxy.gate import Gate, overloaded
 from meter.proxy.handler import Handler, TenantRequest
 from meter.proxy.limits import Limiter
 from meter.proxy.recorder import Recorder
@@ -41,16 +42,20 @@ class Gateway:
         limiter: Limiter,
         upstream: Upstream,
         recorder: Recorder,
+        gate: Gate,
         metrics: Metrics,
         max_body_bytes: int,
+        body_timeout_s: float,
         drain_s: float,
     ) -> None:
         self.keys = keys
         self.limiter = limiter
         self.upstream = upstream
         self.recorder = recorder
+        self.gate = gate
         self._metrics = metrics
         self._max_body_bytes = max_body_bytes
+        self._body_timeout_s = body_timeout_s
         self._drain_s = drain_s
 
     async def handle(self, scope: Any, receive: Any, send: Any, route: Route) -> None:
@@ -64,6 +69,10 @@ class Gateway:
         if endpoint is None:
             allow = ", ".join(sorted({e.method for e in route.allowed}))
             await refuse(MethodNotAllowed(f"Method {scope['method']} not allowed.", {"allow": allow}))
+            return
+        if self.gate.full:  # shed before any work, even the key lookup
+            self._metrics.shed.inc()
+            await refuse(overloaded())
             return
         incoming = dict(scope["headers"])  # for lookups; the list itself is what gets forwarded
         try:
@@ -81,7 +90,10 @@ class Gateway:
             await send(message)
 
         self._metrics.in_flight.inc()
+        entered = False
         try:
+            self.gate.enter(caller.tenant_id)
+            entered = True
             await self._serve(exchange, endpoint, handler, route, scope, incoming, receive, tracked_send)
         except Exception as exc:
             failure = exc if isinstance(exc, MeterError) else InternalError("Internal error in meter.")
@@ -91,6 +103,8 @@ class Gateway:
             if not started:
                 await refuse(failure)
         finally:
+            if entered:
+                self.gate.leave(caller.tenant_id)
             self._metrics.in_flight.dec()
             self.recorder.record(exchange)
 
@@ -112,7 +126,7 @@ class Gateway:
             query=scope["query_string"],
             headers=incoming,
             forward_headers=self.upstream.request_headers(scope["headers"]),
-            body=await read_body(incoming, receive, self._max_body_bytes),
+            body=await read_body(incoming, receive, self._max_body_bytes, self._body_timeout_s),
         )
         call = await handler.prepare(exchange, request)
         if not self.recorder.ledger.accepting:
@@ -132,6 +146,7 @@ class Gateway:
         # An event stream is metered as one, whatever the request said.
         if upstream.status_code == 200 and is_sse:
             exchange.stream = True
-            await relay_stream(exchange, upstream, receive, send, self._drain_s, handler.stream())
+            drain = self.gate.drain_permit(exchange.caller.tenant_id)
+            await relay_stream(exchange, upstream, receive, send, self._drain_s, drain, handler.stream())
         else:
             await relay_whole(exchange, upstream, send, handler.answer)

@@ -18,6 +18,7 @@ import msgspec
 
 from meter.proxy.exchange import Exchange
 from meter.proxy.forward import response_headers
+from meter.proxy.gate import DrainPermit
 from meter.proxy.handler import StreamTranslator
 from meter.proxy.stream_usage import StreamUsageReader
 
@@ -81,6 +82,7 @@ async def relay_stream(
     receive: Any,
     send: Any,
     drain_s: float,
+    drain: DrainPermit,
     translator: StreamTranslator | None = None,
 ) -> None:
     """Relay a stream as it arrives; a `translator` turns it into another dialect's stream."""
@@ -90,9 +92,10 @@ async def relay_stream(
     deadline = asyncio.timeout(None)
 
     def start_drain_deadline(_: object) -> None:
-        # Once the client is gone, the rest of the upstream read gets `drain_s`, no more.
+        # Once the client is gone, the rest of the upstream read gets `drain_s`, no more, and only
+        # while the tenant has few such drains: past them the stream stops here, flagged partial.
         if relaying and client_gone.is_set():
-            deadline.reschedule(asyncio.get_running_loop().time() + drain_s)
+            deadline.reschedule(asyncio.get_running_loop().time() + (drain_s if drain.take() else 0))
 
     listener = asyncio.create_task(_wait_for_disconnect(receive, client_gone))
     listener.add_done_callback(start_drain_deadline)
@@ -121,6 +124,7 @@ async def relay_stream(
     finally:
         relaying = False
         listener.cancel()
+        drain.release()
         await upstream.aclose()
     if not client_gone.is_set():
         tail = translator.finish() if translator is not None else b""

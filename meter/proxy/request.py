@@ -10,10 +10,10 @@ from typing import Any
 
 import msgspec
 
-from meter.errors import InvalidRequest, PermissionDenied, RequestTooLarge
+from meter.errors import InvalidRequest, PermissionDenied, RequestTimeout, RequestTooLarge
 from meter.proxy.exchange import Exchange
 
-# Past this, a body is not even read to the end: the connection is closed after the 413.
+# A body declared larger than this is not even discarded to its end: its connection is closed.
 DISCARD_LIMIT = 512 * 1024 * 1024
 # Real requests nest a few levels (a tool result in a message in the list); tool schemas a dozen.
 MAX_DEPTH = 100
@@ -24,33 +24,39 @@ MAX_MODEL_LENGTH = 256
 MAX_TOKENS = 2**31 - 1
 
 
-async def read_body(headers: dict[bytes, bytes], receive: Any, limit: int) -> bytes:
-    """The whole request body, or RequestTooLarge once it is past `limit`. An oversized body is
-    still read (and discarded) so the client gets the 413 instead of a broken pipe."""
+async def read_body(headers: dict[bytes, bytes], receive: Any, limit: int, timeout_s: float) -> bytes:
+    """The whole request body, read with a deadline of `timeout_s` between chunks.
+
+    A body declared larger than `limit` is refused at once, before it is uploaded: the server
+    discards what the client still sends, so a client that writes its whole body before reading
+    still gets the 413 (past DISCARD_LIMIT the connection is closed instead). A body without a
+    declared length is cut off the moment it passes `limit`, and its connection closed."""
     declared = headers.get(b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > DISCARD_LIMIT:
-        raise _too_large(limit)
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit, close=int(declared) > DISCARD_LIMIT)
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        try:
+            async with asyncio.timeout(timeout_s):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeout(f"The request body did not arrive: nothing for {timeout_s:g} s.") from None
         if message["type"] == "http.disconnect":
             raise InvalidRequest("The client closed the connection before sending the whole body.")
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size <= limit:
-            chunks.append(chunk)
-        elif size > DISCARD_LIMIT:
-            raise _too_large(limit)
+        if size > limit:
+            raise _too_large(limit, close=True)
+        chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    if size > limit:
-        raise _too_large(limit)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _too_large(limit: int) -> RequestTooLarge:
-    return RequestTooLarge(f"Request exceeds the maximum size of {limit} bytes.")
+def _too_large(limit: int, close: bool) -> RequestTooLarge:
+    headers = {"connection": "close"} if close else None
+    return RequestTooLarge(f"Request exceeds the maximum size of {limit} bytes.", headers)
 
 
 async def read_document(body: bytes) -> dict[str, Any]:

@@ -1,0 +1,107 @@
+"""The HTTP server's own defences, which uvicorn's httptools protocol lacks: a deadline for a
+request's headers (a client that drips them a byte at a time is cut off) and a cap on their size.
+
+uvicorn bounds the idle time between requests (keep-alive) but not the time a client takes to send
+headers, nor their size, so one slow client per connection could hold connections forever. This
+protocol class is passed to uvicorn as `http=`; the rest of the request (body deadlines and caps,
+per-tenant admission) is the gateway's (proxy/request.py, proxy/gate.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from meter.settings import Settings
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    # Set from the settings by `configure` in each process before it serves (class attributes, because
+    # uvicorn makes the protocol instances itself).
+    header_timeout_s: float = 10.0
+    max_header_bytes: int = 64 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_deadline: asyncio.TimerHandle | None = None
+        # Bytes received since the current request's headers began, while they are being read.
+        self._header_bytes: int | None = 0
+        self._headers_seen = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._headers_done()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_bytes is None:
+            super().data_received(data)
+            return
+        headers_seen = self._headers_seen
+        super().data_received(data)
+        # Counted only while the same request's headers are still incomplete after this chunk: a
+        # chunk that completes them also holds the body, which is not the headers' size.
+        if self._header_bytes is not None and headers_seen == self._headers_seen:
+            self._header_bytes += len(data)
+            if self._header_bytes > self.max_header_bytes:
+                self._refuse(431, "Request Header Fields Too Large", "The request headers are too large.")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_deadline is None:
+            self._await_headers()
+
+    def on_headers_complete(self) -> None:
+        self._headers_seen += 1
+        self._headers_done()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # What comes next on this connection is the next request's headers.
+        self._header_bytes = 0
+
+    def _await_headers(self) -> None:
+        self._header_bytes = self._header_bytes or 0
+        self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_timed_out)
+
+    def _headers_done(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+        self._header_bytes = None
+
+    def _headers_timed_out(self) -> None:
+        self._header_deadline = None
+        if self.cycle is None or self.cycle.response_complete:
+            self._refuse(408, "Request Timeout", "The request headers did not arrive in time.")
+        else:  # a response is under way (a pipelined request waits): end the connection after it
+            self.cycle.keep_alive = False
+
+    def _refuse(self, status: int, reason: str, message: str) -> None:
+        """Answer in Anthropic's error format and close: the request never reaches the app."""
+        self._headers_done()
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.transport.close()  # bytes piped behind a request still being answered: no room to reply
+            return
+        error_type = "request_too_large" if status == 431 else "invalid_request_error"
+        body = json.dumps({"type": "error", "error": {"type": error_type, "message": message}}).encode()
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode() + body)
+        self.transport.close()
+
+
+def configure(settings: Settings) -> None:
+    GuardedHttpToolsProtocol.header_timeout_s = settings.header_timeout_s
+    GuardedHttpToolsProtocol.max_header_bytes = settings.max_header_bytes
