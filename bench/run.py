@@ -33,6 +33,7 @@ from bench.cpu import CpuAccount
 from bench.processes import Stack, missing_tools, raise_open_file_limit, running_stack
 from bench.report import Section, render
 from bench.scenarios import FULL, QUICK, Plan
+from tests.support import scrape
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
 SCENARIOS = ("closed-loop", "open-loop", "streams", "ledger", "memory", "litellm", "limits")
@@ -135,7 +136,7 @@ def _meter_ledger(stack: Stack) -> Section:
     section = Section("meter's ledger during the run", "", [])
     time.sleep(0.5)  # one flush interval and more, for the last rows
     try:
-        text = httpx.get(stack.meter.base_url + "/metrics", timeout=10).text
+        text = scrape(stack.meter.base_url)
     except httpx.HTTPError as exc:
         section.errors.append(f"could not read meter's /metrics: {exc.__class__.__name__}")
         return section

@@ -30,7 +30,7 @@ from meter.errors import render_error
 from meter.gauges import report_budgets
 from meter.health import health_routes
 from meter.ledger import LedgerWriter
-from meter.metrics import Metrics, exposition_route, mark_process_dead
+from meter.metrics import Metrics, exposition_route, mark_process_dead, serve_exposition
 from meter.pricing import PriceTable
 from meter.proxy.auth import KeyCache
 from meter.proxy.endpoints import ENDPOINTS
@@ -115,9 +115,14 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             asyncio.create_task(parts.keys.listen(database_url)),
             asyncio.create_task(report_budgets(parts.engine, parts.metrics)),
         ]
+        stop_exposition = None
+        if settings.metrics_address and settings.workers == 1:
+            stop_exposition = serve_exposition(*settings.metrics_host_port(), parts.metrics.registry)
         try:
             yield
         finally:
+            if stop_exposition is not None:
+                stop_exposition()
             for task in background:
                 task.cancel()
             await parts.ledger.close(settings.shutdown_grace_s)
@@ -127,6 +132,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             mark_process_dead()
 
     actor = token_actor(settings.admin_token or "")
+    guard = admin_guard(settings.admin_token or "")
     admin = Router(
         path="/admin",
         route_handlers=[
@@ -139,7 +145,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             StatementController,
             AuditController,
         ],
-        guards=[admin_guard(settings.admin_token or "")],  # type: ignore[list-item]
+        guards=[guard],
         dependencies={
             "db": Provide(lambda: parts.engine, sync_to_thread=False),
             "keys": Provide(lambda: parts.keys, sync_to_thread=False),
@@ -148,7 +154,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         },
     )
     heads = migrate.current_heads(database_url)
-    service_routes = [*health_routes(parts.engine, heads), exposition_route(parts.metrics.registry)]
+    service_routes = [*health_routes(parts.engine, heads), exposition_route(parts.metrics.registry, [guard])]
     app = Litestar(
         route_handlers=[admin, *service_routes],
         lifespan=[lifespan],

@@ -9,11 +9,11 @@ error types, endpoints, round-trip purposes) exist from the start at 0, so a das
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from litestar import asgi
 from litestar.handlers import ASGIRouteHandler
-from litestar.types import Receive, Scope, Send
+from litestar.types import Guard, Receive, Scope, Send
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -22,6 +22,7 @@ from prometheus_client import (
     disable_created_metrics,
     make_asgi_app,
     multiprocess,
+    start_http_server,
 )
 
 from meter import __version__
@@ -169,19 +170,36 @@ class Metrics:
         return "other"
 
 
-def exposition_route(registry: CollectorRegistry) -> ASGIRouteHandler:
-    """`GET /metrics`: the registry in Prometheus' text format (summed over worker processes)."""
-    if MULTIPROCESS_DIR in os.environ:
-        # Several worker processes: every scrape reports the sum of their values.
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    exposition = make_asgi_app(registry)
+def exposition_route(registry: CollectorRegistry, guards: list[Guard]) -> ASGIRouteHandler:
+    """`GET /metrics` behind `guards` (the admin token): never public on the tenants' port."""
+    exposition = make_asgi_app(exposed(registry))
 
     # Annotated wrapper: Litestar inspects handler signatures, and prometheus' app has none.
     async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
         await exposition(scope, receive, send)
 
-    return asgi("/metrics", copy_scope=True, include_in_schema=False)(metrics)
+    return asgi("/metrics", copy_scope=True, include_in_schema=False, guards=guards)(metrics)
+
+
+def exposed(registry: CollectorRegistry | None) -> CollectorRegistry:
+    """What a scrape reports: `registry`, or with several worker processes the sum of theirs."""
+    if MULTIPROCESS_DIR in os.environ or registry is None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def serve_exposition(host: str, port: int, registry: CollectorRegistry | None) -> Callable[[], None]:
+    """Serve /metrics without a token on host:port (METER_METRICS_ADDRESS), in a thread of this
+    process: the worker's own with one worker, the parent's (summing the workers) with several.
+    Returns the function that stops it."""
+    server, thread = start_http_server(port, host, exposed(registry))
+
+    def stop() -> None:
+        server.shutdown()
+        thread.join()
+
+    return stop
 
 
 def mark_process_dead() -> None:

@@ -18,8 +18,12 @@ def month_start(day: date) -> date:
     return day.replace(day=1)
 
 
+# The last month whose end a date can hold.
+LAST_MONTH = date(9999, 11, 1)
+
+
 def next_month(day: date) -> date:
-    """The first day of the month after `day`'s."""
+    """The first day of the month after `day`'s (for days up to LAST_MONTH's)."""
     return date(day.year + 1, 1, 1) if day.month == 12 else date(day.year, day.month + 1, 1)
 
 
@@ -33,6 +37,6 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
         start = datetime.strptime(month, "%Y-%m").date()
     except ValueError:
         raise InvalidRequest("month: expected YYYY-MM, e.g. 2026-11") from None
-    if start.year >= 9999:
+    if start > LAST_MONTH:
         raise InvalidRequest("month: must be before 9999-12")
     return midnight(start), midnight(next_month(start))

@@ -14,6 +14,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
+# An admin token shorter than this is refused: it guards every tenant's money.
+MIN_ADMIN_TOKEN_LENGTH = 32
 # The database URL forms meter accepts (meter.db.engine rewrites them for each driver).
 POSTGRES_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
 
@@ -71,6 +73,9 @@ class Settings:
     # body is read), and streams still read after their client left, to learn their final usage.
     tenant_max_in_flight: int = 256
     tenant_max_drains: int = 16
+    # `host:port` where /metrics is also served without the admin token (a network only Prometheus
+    # reaches); on the main port /metrics always needs the admin token.
+    metrics_address: str | None = None
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.upstream_url).scheme
@@ -80,6 +85,13 @@ class Settings:
             raise ConfigError("METER_DATABASE_URL must be a postgresql:// URL")
         if not 0 < self.port < 65536:
             raise ConfigError(f"METER_PORT must be a port number, got {self.port}")
+        if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN_LENGTH:
+            raise ConfigError(
+                f"METER_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LENGTH} characters "
+                "(unset it and meter generates one)"
+            )
+        if self.metrics_address is not None:
+            self.metrics_host_port()
         if self.workers < 1:
             raise ConfigError(f"METER_WORKERS must be at least 1, got {self.workers}")
         for name in ("header_timeout_s", "body_timeout_s", "max_header_bytes", "max_connections", "max_in_flight"):
@@ -96,6 +108,8 @@ class Settings:
         values: dict[str, object] = {}
         for name, cast in ENV_FIELDS.items():
             raw = env.get(f"METER_{name.upper()}")
+            if raw == "" and name == "admin_token":
+                raise ConfigError("METER_ADMIN_TOKEN is set but empty (unset it and meter generates one)")
             if raw is None or raw == "":
                 continue
             try:
@@ -104,6 +118,12 @@ class Settings:
                 raise ConfigError(f"METER_{name.upper()} is not a valid value: {raw!r}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    def metrics_host_port(self) -> tuple[str, int]:
+        host, _, port = (self.metrics_address or "").rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"METER_METRICS_ADDRESS must be host:port, got {self.metrics_address!r}")
+        return host.strip("[]"), int(port)
 
     def with_admin_token(self) -> Settings:
         """Fill in the admin token: from the environment, else the one stored in the data dir,
@@ -144,4 +164,5 @@ ENV_FIELDS: dict[str, type] = {
     "max_in_flight": int,
     "tenant_max_in_flight": int,
     "tenant_max_drains": int,
+    "metrics_address": str,
 }

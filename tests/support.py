@@ -27,7 +27,8 @@ from meter.db.models import usage_events
 
 OPERATOR_KEY = "sk-ant-test-operator-key"
 METER = [sys.executable, "-m", "meter"]
-ADMIN_TOKEN = "meter-admin-test-token"
+ADMIN_TOKEN = "meter-admin-test-token-0123456789abcdef"
+ADMIN_HEADERS = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 T = TypeVar("T")
@@ -62,9 +63,16 @@ async def eventually_async(
         await asyncio.sleep(POLL_INTERVAL_S)
 
 
+def scrape(base_url: str) -> str:
+    """meter's /metrics on its main port, which needs the admin token."""
+    response = httpx.get(base_url + "/metrics", headers=ADMIN_HEADERS | {"connection": "close"}, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
 def metric(base_url: str, name: str, **labels: str) -> float:
     """The sum of the samples named `name` (with at least these labels) that meter at `base_url` exports."""
-    text = httpx.get(base_url + "/metrics", timeout=10).text
+    text = scrape(base_url)
     return math.fsum(
         sample.value
         for family in text_string_to_metric_families(text)
@@ -164,6 +172,9 @@ class Process:
     """A child process (meter, the demo upstream, LiteLLM's proxy in bench/) with its base URL,
     started and awaited until it answers at `ready_path`; stopped at the end."""
 
+    # Where /metrics is served without the admin token, for a meter started with a metrics address.
+    metrics_url: str = ""
+
     def __init__(
         self,
         command: list[str],
@@ -214,9 +225,10 @@ def start_demo_upstream(data_dir: Path, *extra: str) -> Process:
 
 
 def start_meter(database_url: str, upstream_url: str, data_dir: Path, *args: str, **env: str) -> Process:
-    port = free_port()
+    """A meter process; its /metrics is also served without a token at `metrics_url`."""
+    port, metrics_port = free_port(), free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
-    return Process(
+    process = Process(
         [*METER, "serve", "--port", str(port), *args],
         {
             "METER_DATABASE_URL": database_url,
@@ -224,11 +236,14 @@ def start_meter(database_url: str, upstream_url: str, data_dir: Path, *args: str
             "METER_UPSTREAM_API_KEY": OPERATOR_KEY,
             "METER_ADMIN_TOKEN": ADMIN_TOKEN,
             "METER_DATA_DIR": str(data_dir),
+            "METER_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
             **env,
         },
         f"http://127.0.0.1:{port}",
         "/readyz",
     )
+    process.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    return process
 
 
 @dataclass

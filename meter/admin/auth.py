@@ -6,11 +6,12 @@ import hmac
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
+from litestar.types import Guard
 
 from meter.errors import AuthenticationFailed
 
 
-def admin_guard(token: str) -> object:
+def admin_guard(token: str) -> Guard:
     expected = token.encode()
 
     def guard(connection: ASGIConnection, _handler: BaseRouteHandler) -> None:  # type: ignore[type-arg]

@@ -21,7 +21,7 @@ from meter.errors import InvalidRequest, NotFound
 from meter.proxy.auth import KeyCache
 
 
-class TopUp(msgspec.Struct):
+class TopUp(msgspec.Struct, forbid_unknown_fields=True):
     amount_usd: SignedUsd
     note: Text | None = None
 

@@ -27,13 +27,13 @@ from meter.errors import InvalidRequest, NotFound
 from meter.proxy.auth import KeyCache
 
 
-class KeyCreate(msgspec.Struct):
+class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
     name: Text | None = None
     expires_at: datetime | None = None
     allowed_models: list[ModelId] | None = None
 
 
-class KeyRotate(msgspec.Struct):
+class KeyRotate(msgspec.Struct, forbid_unknown_fields=True):
     # How long the previous secret keeps working; 0 stops it at once.
     grace_period_s: Annotated[int, msgspec.Meta(ge=0, le=90 * 24 * 3600)] = 3600
 

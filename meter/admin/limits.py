@@ -26,7 +26,7 @@ from meter.usage import total_tokens_of
 Count = Annotated[int, msgspec.Meta(ge=0)]
 
 
-class LimitsSpec(msgspec.Struct):
+class LimitsSpec(msgspec.Struct, forbid_unknown_fields=True):
     """Every limit; null (or absent) means no limit. USD as a decimal string or number."""
 
     requests_per_minute: Count | None = None

@@ -32,7 +32,7 @@ PRICE_FIELDS = (
 CACHE_MULTIPLIERS = {"cache_write_5m": Decimal("1.25"), "cache_write_1h": Decimal(2), "cache_read": Decimal("0.1")}
 
 
-class PriceSpec(msgspec.Struct):
+class PriceSpec(msgspec.Struct, forbid_unknown_fields=True):
     model: ModelId
     input_per_mtok: PerMillionTokens
     output_per_mtok: PerMillionTokens
@@ -49,7 +49,7 @@ class PriceSpec(msgspec.Struct):
                 raise ValueError(f"{name}: at most 6 decimal places")
 
 
-class PriceUpdate(msgspec.Struct):
+class PriceUpdate(msgspec.Struct, forbid_unknown_fields=True):
     prices: list[PriceSpec]
 
 

@@ -97,6 +97,16 @@ async def statement(conn: AsyncConnection, tenant_id: str, month: str) -> Statem
     return Statement(tenant.id, tenant.name, month, "USD", lines, money.usd(total))
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP: CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> str:
+    """A value as a CSV cell that a spreadsheet shows as text, never runs: a leading quote defuses it."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def statement_csv(report: Statement) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -104,7 +114,7 @@ def statement_csv(report: Statement) -> str:
     writer.writerow(fields)
     for line in report.lines:
         values = msgspec.to_builtins(line)
-        writer.writerow(["" if values[name] is None else values[name] for name in fields])
+        writer.writerow([csv_cell(values[name]) for name in fields])
     total = {"model": "TOTAL", "cost_usd": report.total_usd}
     writer.writerow([total.get(name, "") for name in fields])
     return out.getvalue()

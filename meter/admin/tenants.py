@@ -23,11 +23,11 @@ from meter.proxy.auth import KeyCache
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=TEXT_PATTERN)]
 
 
-class TenantCreate(msgspec.Struct):
+class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):
     name: Name
 
 
-class TenantPatch(msgspec.Struct):
+class TenantPatch(msgspec.Struct, forbid_unknown_fields=True):
     name: Name | None = None
     status: Literal["active", "suspended"] | None = None
 

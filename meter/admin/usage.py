@@ -86,6 +86,8 @@ _GROUP_COLUMNS = {"day": usage_daily.c.day, "model": usage_daily.c.model, "key":
 def default_period(start: date | None, end: date | None) -> tuple[date, date]:
     """Both bounds default to the current UTC month; `end` is exclusive."""
     start = start or periods.month_start(periods.today())
+    if end is None and start > periods.LAST_MONTH:
+        raise InvalidRequest("from: must be before 9999-12 unless `to` is given")
     if end is None:
         end = periods.next_month(start)
     if end <= start:

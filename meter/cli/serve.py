@@ -92,6 +92,7 @@ def _run_gateway(settings: Settings, demo_mode: bool) -> None:
 
     from meter.app import create_app
     from meter.db import migrate
+    from meter.metrics import serve_exposition
     from meter.server import GuardedHttpToolsProtocol
 
     url = common.database_url(settings)
@@ -108,8 +109,11 @@ def _run_gateway(settings: Settings, demo_mode: bool) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     app: Any = "meter.app:create_app_from_env"
     if settings.workers > 1:
-        # Each worker builds its app from the environment, and shares its metrics through files.
+        # Each worker builds its app from the environment, and shares its metrics through files,
+        # which this process sums on the metrics address.
         os.environ.update(_worker_environment(settings))
+        if settings.metrics_address:
+            serve_exposition(*settings.metrics_host_port(), None)
     else:
         app = create_app(settings)
     uvicorn.run(

@@ -32,6 +32,7 @@ ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 METER_SERVICES = ("meter-1", "meter-2")
 METER_PORT = 8080
+METRICS_PORT = 9464
 # Paths meter serves for probes (meter/app.py).
 LIVENESS, READINESS = "/healthz", "/readyz"
 # Series Prometheus makes itself, allowed in queries beside meter's own.
@@ -339,7 +340,10 @@ def test_prometheus_config_scrapes_every_meter() -> None:
     (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "meter"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
     targets = [target for group in job["static_configs"] for target in group["targets"]]
-    assert targets == [f"{name}:{METER_PORT}" for name in METER_SERVICES]
+    assert targets == [f"{name}:{METRICS_PORT}" for name in METER_SERVICES]
+    for name in METER_SERVICES:  # the port Prometheus scrapes is the one meter serves /metrics on
+        settings = assert_meter_settings(meter_environment(compose()["services"][name]["environment"]), name)
+        assert settings.metrics_host_port() == ("0.0.0.0", METRICS_PORT)
     assert config["rule_files"] == ["alerts.yml"]
     assert (PROMETHEUS_CONFIG.parent / config["rule_files"][0]).resolve() == ALERTS
     prometheus = compose()["services"]["prometheus"]
@@ -494,8 +498,11 @@ def test_kubernetes_deployment_probes_ports_and_shutdown() -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["METER_HOST"] == "0.0.0.0"
     assert container["args"] == ["serve"]
-    (port,) = container["ports"]
+    ports = {port["name"]: port for port in container["ports"]}
+    port = ports["http"]
     assert port["containerPort"] == int(config["data"].get("METER_PORT", METER_PORT)) == METER_PORT
+    metrics_address = Settings.from_env(config["data"]).metrics_host_port()
+    assert ports["metrics"]["containerPort"] == metrics_address[1] == METRICS_PORT
     for probe, path in (("livenessProbe", LIVENESS), ("readinessProbe", READINESS)):
         check = container[probe]["httpGet"]
         assert check["path"] == path, probe
@@ -506,7 +513,7 @@ def test_kubernetes_deployment_probes_ports_and_shutdown() -> None:
     assert pod["spec"]["terminationGracePeriodSeconds"] >= 40 > grace + float(pre_stop[-1])
     annotations = pod["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/port"] == str(port["containerPort"])
+    assert annotations["prometheus.io/port"] == str(ports["metrics"]["containerPort"])
     assert annotations["prometheus.io/path"] == "/metrics"
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= pod["metadata"]["labels"].items()
@@ -517,7 +524,8 @@ def test_kubernetes_service_and_hpa_target_the_deployment() -> None:
     (service,) = kubernetes("Service")
     (hpa,) = kubernetes("HorizontalPodAutoscaler")
     container = meter_container(deployment["spec"]["template"]["spec"])
-    (container_port,) = container["ports"]
+    container_port = {port["name"]: port for port in container["ports"]}["http"]
+    # Only the tenants' port: the metrics port stays off the Service, reachable by pod only.
     (port,) = service["spec"]["ports"]
     assert port["port"] == 80
     assert port["targetPort"] in (container_port["containerPort"], container_port.get("name"))

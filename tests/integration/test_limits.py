@@ -17,7 +17,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.support import Admin, Ledger, Process, eventually, metric, retry_after_ends_the, start_meter
+from tests.support import Admin, Ledger, Process, eventually, metric, retry_after_ends_the, scrape, start_meter
 
 HOLD_TTL_S = "2"
 BODY: dict[str, Any] = {
@@ -247,7 +247,7 @@ def test_unknown_model_is_refused_with_a_budget_and_unpriced_without(meters: lis
     unpriced = httpx.post(meters[0].base_url + "/v1/messages", json={**BODY, "model": model}, headers=headers(free))
     assert unpriced.status_code == 200
     assert ledger.row(unpriced.headers["x-meter-request-id"])["cost_usd"] is None
-    assert 'meter_unpriced_requests_total{model="other"}' in httpx.get(meters[0].base_url + "/metrics").text
+    assert 'meter_unpriced_requests_total{model="other"}' in scrape(meters[0].base_url)
 
     # A price from now on applies to requests that start after it, on every process.
     put = admin.request(

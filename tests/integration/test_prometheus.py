@@ -34,7 +34,7 @@ from tests.integration.test_deploy import (
     load_yaml,
     series_names,
 )
-from tests.support import Admin, Process, eventually, free_port, wait_for_http
+from tests.support import Admin, Process, eventually, free_port, scrape, wait_for_http
 
 MODEL = "claude-sonnet-4-6"
 UNPRICED_MODEL = "claude-unpriced-test-model"
@@ -55,6 +55,10 @@ def binaries() -> tuple[str, str]:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def metrics_target(meter: Process) -> str:
+    return meter.metrics_url.removeprefix("http://").removesuffix("/metrics")
 
 
 def write_config(directory: Path, target: str) -> Path:
@@ -117,7 +121,8 @@ class Prometheus:
 @pytest.fixture
 def prometheus(meter: Process, tmp_path: Path) -> Iterator[Prometheus]:
     binary, _ = binaries()
-    config = write_config(tmp_path, meter.base_url.removeprefix("http://"))
+    # Scraped where the shipped config scrapes it: the metrics address, which needs no token.
+    config = write_config(tmp_path, metrics_target(meter))
     port = free_port()
     log_path = tmp_path / "prometheus.log"
     with open(log_path, "wb") as log:
@@ -217,13 +222,13 @@ def test_every_query_returns_data_from_real_traffic(request: pytest.FixtureReque
     eventually(lambda: prometheus.caught_up(ended), 30, "a scrape and a rule evaluation after the traffic")
     # Keeps NOT_YET_EMITTED honest: once meter updates one of these, its panels must show data.
     assert exported_series().keys() >= NOT_YET_EMITTED
-    exposition = httpx.get(meter.base_url + "/metrics", timeout=10).text
+    exposition = scrape(meter.base_url)
     now_emitted = {name for name in NOT_YET_EMITTED if f"\n{name}{{" in exposition or f"\n{name} " in exposition}
     assert not now_emitted, f"meter now emits {now_emitted}: remove them from NOT_YET_EMITTED"
 
     (target,) = prometheus.get("/api/v1/targets")["activeTargets"]
     assert target["health"] == "up", f"{target}\n{prometheus.log()}"
-    assert target["scrapeUrl"] == f"{meter.base_url}/metrics"
+    assert target["scrapeUrl"] == meter.metrics_url
     tenants = prometheus.get("/api/v1/label/tenant/values", **{"match[]": "meter_requests_total"})
     assert tenants, "the billing dashboard's tenant variable would be empty"
 

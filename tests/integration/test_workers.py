@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.support import Admin, Ledger, Process, start_meter
+from tests.support import Admin, Ledger, Process, scrape, start_meter
 
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 20, "messages": [{"role": "user", "content": "Hi"}]}
 
@@ -42,8 +42,10 @@ def test_two_workers_sum_their_metrics(database_url: str, upstream: Process, led
         rows = [ledger.row(r.headers["x-meter-request-id"]) for r in responses]
         expected_tokens = sum(row["output_tokens"] for row in rows)
         labels: dict[str, Any] = {"tenant": key["tenant_id"], "endpoint": "messages", "status": "200"}
+        # The metrics address is served by the parent process, which sums the workers too.
+        assert counter(httpx.get(meter.metrics_url).text, "meter_requests_total", **labels) == 60
         for _ in range(6):  # whichever worker answers the scrape reports the sum of both
-            text = httpx.get(meter.base_url + "/metrics", headers={"connection": "close"}).text
+            text = scrape(meter.base_url)
             assert counter(text, "meter_requests_total", **labels) == 60
             assert counter(text, "meter_tokens_total", tenant=key["tenant_id"], kind="output") == expected_tokens
             assert counter(text, "meter_build_info") >= 1
