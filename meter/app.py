@@ -24,6 +24,7 @@ from meter.admin.prices import PriceController
 from meter.admin.statements import StatementController
 from meter.admin.tenants import TenantController
 from meter.admin.usage import UsageController
+from meter.credentials import KeyHasher
 from meter.db import migrate
 from meter.db.engine import create_engine, create_hot_engine
 from meter.errors import render_error
@@ -52,6 +53,7 @@ class Parts:
     hot_engine: AsyncEngine
     metrics: Metrics
     prices: PriceTable
+    hasher: KeyHasher
     keys: KeyCache
     upstream: Upstream
     ledger: LedgerWriter
@@ -59,13 +61,14 @@ class Parts:
 
 
 def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -> Parts:
-    if not settings.database_url:
-        raise ValueError("create_app needs settings.database_url (the CLI starts embedded Postgres)")
+    if not settings.database_url or not settings.key_pepper:
+        raise ValueError("create_app needs settings.database_url and key_pepper (the CLI provides both)")
     engine = create_engine(settings.database_url)
     hot_engine = create_hot_engine(settings.database_url)
     metrics = Metrics(registry or CollectorRegistry(), settings.metrics_max_tenants, {e.name for e in ENDPOINTS})
     prices = PriceTable()
-    keys = KeyCache(hot_engine, metrics, settings.key_cache_ttl_s)
+    hasher = KeyHasher(settings.key_pepper or "")
+    keys = KeyCache(hot_engine, metrics, hasher, settings.key_cache_ttl_s, settings.auth_failures_per_minute)
     upstream = Upstream(
         settings.upstream_url,
         settings.upstream_api_key,
@@ -89,7 +92,7 @@ def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -
         settings.body_timeout_s,
         settings.disconnect_drain_s,
     )
-    return Parts(settings, engine, hot_engine, metrics, prices, keys, upstream, ledger, gateway)
+    return Parts(settings, engine, hot_engine, metrics, prices, hasher, keys, upstream, ledger, gateway)
 
 
 def create_app_from_env() -> ProxyRoutes:
@@ -149,6 +152,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         dependencies={
             "db": Provide(lambda: parts.engine, sync_to_thread=False),
             "keys": Provide(lambda: parts.keys, sync_to_thread=False),
+            "hasher": Provide(lambda: parts.hasher, sync_to_thread=False),
             "price_table": Provide(lambda: parts.prices, sync_to_thread=False),
             "actor": Provide(lambda: actor, sync_to_thread=False),
         },

@@ -50,6 +50,7 @@ UPSTREAM_ERROR_TYPES = (
     "overloaded_error",
     "other",
 )
+AUTH_FAILURES = ("authentication_error", "permission_error", "rate_limit_error")
 ROUND_TRIP_PURPOSES = ("key_lookup", "reserve", "ledger_batch")
 
 
@@ -115,6 +116,12 @@ class Metrics:
         self.in_flight = Gauge(
             "meter_in_flight_requests", "Requests being served", registry=registry, multiprocess_mode="livesum"
         )
+        self.auth_failures = Counter(
+            "meter_auth_failures_total",
+            "Tenant requests refused at authentication, by error type (rate_limit_error: the address failed too often)",
+            ["type"],
+            registry=registry,
+        )
         self.shed = Counter(
             "meter_shed_requests_total",
             "Requests refused at once (529) because the process had as many in flight as it may",
@@ -152,6 +159,8 @@ class Metrics:
             self.limit_rejections.labels(reason)
         for kind in UPSTREAM_ERROR_TYPES:
             self.upstream_errors.labels(kind)
+        for kind in AUTH_FAILURES:
+            self.auth_failures.labels(kind)
         for purpose in ROUND_TRIP_PURPOSES:
             self.db_round_trips.labels(purpose)
         for endpoint in endpoints:

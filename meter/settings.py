@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
-# An admin token shorter than this is refused: it guards every tenant's money.
+# An admin token (or key pepper) shorter than this is refused: it guards every tenant's money.
 MIN_ADMIN_TOKEN_LENGTH = 32
 # The database URL forms meter accepts (meter.db.engine rewrites them for each driver).
 POSTGRES_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
@@ -31,6 +31,9 @@ class Settings:
     upstream_url: str = DEFAULT_UPSTREAM
     upstream_api_key: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)
+    # The server-side secret key hashes are made with (meter/credentials.py); every process and the
+    # CLI must have the same one. Generated and kept in the data dir when not set.
+    key_pepper: str | None = field(default=None, repr=False)
     host: str = "127.0.0.1"
     port: int = 8080
     # Upstream connection pool size; one meter process must hold hundreds of open streams.
@@ -73,6 +76,8 @@ class Settings:
     # body is read), and streams still read after their client left, to learn their final usage.
     tenant_max_in_flight: int = 256
     tenant_max_drains: int = 16
+    # Failed authentications an address may make per minute (per process) before it is refused.
+    auth_failures_per_minute: int = 30
     # `host:port` where /metrics is also served without the admin token (a network only Prometheus
     # reaches); on the main port /metrics always needs the admin token.
     metrics_address: str | None = None
@@ -90,6 +95,8 @@ class Settings:
                 f"METER_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LENGTH} characters "
                 "(unset it and meter generates one)"
             )
+        if self.key_pepper is not None and len(self.key_pepper) < MIN_ADMIN_TOKEN_LENGTH:
+            raise ConfigError(f"METER_KEY_PEPPER must be at least {MIN_ADMIN_TOKEN_LENGTH} characters")
         if self.metrics_address is not None:
             self.metrics_host_port()
         if self.workers < 1:
@@ -97,7 +104,7 @@ class Settings:
         for name in ("header_timeout_s", "body_timeout_s", "max_header_bytes", "max_connections", "max_in_flight"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"METER_{name.upper()} must be positive, got {getattr(self, name)}")
-        for name in ("tenant_max_in_flight", "tenant_max_drains"):
+        for name in ("tenant_max_in_flight", "tenant_max_drains", "auth_failures_per_minute"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"METER_{name.upper()} must not be negative, got {getattr(self, name)}")
 
@@ -130,14 +137,23 @@ class Settings:
         else a new one written there (printed once by the CLI)."""
         if self.admin_token:
             return self
-        path = self.data_dir / "admin_token"
+        return replace(self, admin_token=self._stored_secret("admin_token", "meter-admin-"))
+
+    def with_key_pepper(self) -> Settings:
+        """Fill in the key pepper: from the environment, else the data dir's (made on first use)."""
+        if self.key_pepper:
+            return self
+        return replace(self, key_pepper=self._stored_secret("key_pepper", ""))
+
+    def _stored_secret(self, name: str, prefix: str) -> str:
+        path = self.data_dir / name
         if path.exists():
-            return replace(self, admin_token=path.read_text().strip())
+            return path.read_text().strip()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        token = "meter-admin-" + secrets.token_urlsafe(32)
-        path.write_text(token + "\n")
+        secret = prefix + secrets.token_urlsafe(32)
+        path.write_text(secret + "\n")
         path.chmod(0o600)
-        return replace(self, admin_token=token)
+        return secret
 
 
 ENV_FIELDS: dict[str, type] = {
@@ -146,6 +162,7 @@ ENV_FIELDS: dict[str, type] = {
     "upstream_url": str,
     "upstream_api_key": str,
     "admin_token": str,
+    "key_pepper": str,
     "host": str,
     "port": int,
     "upstream_max_connections": int,
@@ -165,4 +182,5 @@ ENV_FIELDS: dict[str, type] = {
     "tenant_max_in_flight": int,
     "tenant_max_drains": int,
     "metrics_address": str,
+    "auth_failures_per_minute": int,
 }

@@ -28,6 +28,8 @@ from meter.db.models import usage_events
 OPERATOR_KEY = "sk-ant-test-operator-key"
 METER = [sys.executable, "-m", "meter"]
 ADMIN_TOKEN = "meter-admin-test-token-0123456789abcdef"
+# Every meter process and CLI of one database shares the pepper of its key hashes.
+KEY_PEPPER = "meter-test-key-pepper-0123456789abcdef"
 ADMIN_HEADERS = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
@@ -235,6 +237,7 @@ def start_meter(database_url: str, upstream_url: str, data_dir: Path, *args: str
             "METER_UPSTREAM_URL": upstream_url,
             "METER_UPSTREAM_API_KEY": OPERATOR_KEY,
             "METER_ADMIN_TOKEN": ADMIN_TOKEN,
+            "METER_KEY_PEPPER": KEY_PEPPER,
             "METER_DATA_DIR": str(data_dir),
             "METER_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
             **env,

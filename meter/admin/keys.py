@@ -20,7 +20,7 @@ from meter.admin import audit
 from meter.admin.pagination import fetch_page
 from meter.admin.schema import ERRORS, ModelId, Text
 from meter.admin.tenants import get_tenant
-from meter.credentials import display_prefix, generate_key, hash_key, new_id
+from meter.credentials import KeyHasher, display_prefix, generate_key, new_id
 from meter.db import notices
 from meter.db.models import api_keys
 from meter.errors import InvalidRequest, NotFound
@@ -64,7 +64,7 @@ class KeyPage(msgspec.Struct):
 _PUBLIC = [api_keys.c[name] for name in ApiKey.__struct_fields__]
 
 
-async def issue_key(conn: AsyncConnection, tenant_id: str, spec: KeyCreate, actor: str) -> IssuedKey:
+async def issue_key(conn: AsyncConnection, tenant_id: str, spec: KeyCreate, actor: str, hasher: KeyHasher) -> IssuedKey:
     await get_tenant(conn, tenant_id)
     if spec.expires_at is not None:
         if spec.expires_at.tzinfo is None:
@@ -77,7 +77,7 @@ async def issue_key(conn: AsyncConnection, tenant_id: str, spec: KeyCreate, acto
         "tenant_id": tenant_id,
         "name": spec.name,
         "prefix": display_prefix(secret),
-        "key_hash": hash_key(secret),
+        "key_hash": hasher.hash(secret),
         "expires_at": spec.expires_at,
         "allowed_models": sorted(set(spec.allowed_models)) if spec.allowed_models else None,
     }
@@ -106,7 +106,7 @@ async def revoke_key(conn: AsyncConnection, key_id: str, actor: str) -> ApiKey:
     return ApiKey(**row)
 
 
-async def rotate_key(conn: AsyncConnection, key_id: str, rotate: KeyRotate, actor: str) -> IssuedKey:
+async def rotate_key(conn: AsyncConnection, key_id: str, rotate: KeyRotate, actor: str, hasher: KeyHasher) -> IssuedKey:
     current = (await conn.execute(select(api_keys.c.status).where(api_keys.c.id == key_id))).scalar()
     if current is None:
         raise NotFound(f"No key with id {key_id!r}.")
@@ -118,7 +118,7 @@ async def rotate_key(conn: AsyncConnection, key_id: str, rotate: KeyRotate, acto
         key_id,
         previous_key_hash=api_keys.c.key_hash,
         previous_valid_until=func.now() + timedelta(seconds=rotate.grace_period_s),
-        key_hash=hash_key(secret),
+        key_hash=hasher.hash(secret),
         prefix=display_prefix(secret),
     )
     await audit.record(conn, actor, "key.rotate", key_id, {"grace_period_s": rotate.grace_period_s})
@@ -139,9 +139,9 @@ async def _change(conn: AsyncConnection, key_id: str, **values: Any) -> Any:
 
 class KeyController(Controller):
     @post("/tenants/{tenant_id:str}/keys", summary="Issue a key; the secret is in `key`, shown once", responses=ERRORS)
-    async def issue(self, tenant_id: str, data: KeyCreate, db: AsyncEngine, actor: str) -> IssuedKey:
+    async def issue(self, tenant_id: str, data: KeyCreate, db: AsyncEngine, actor: str, hasher: KeyHasher) -> IssuedKey:
         async with db.begin() as conn:
-            return await issue_key(conn, tenant_id, data, actor)
+            return await issue_key(conn, tenant_id, data, actor, hasher)
 
     @get("/tenants/{tenant_id:str}/keys", summary="A tenant's keys (never their secrets)", responses=ERRORS)
     async def list(
@@ -168,9 +168,15 @@ class KeyController(Controller):
         responses=ERRORS,
     )
     async def rotate(
-        self, key_id: str, db: AsyncEngine, keys: KeyCache, actor: str, data: KeyRotate | None = None
+        self,
+        key_id: str,
+        db: AsyncEngine,
+        keys: KeyCache,
+        actor: str,
+        hasher: KeyHasher,
+        data: KeyRotate | None = None,
     ) -> IssuedKey:
         async with db.begin() as conn:
-            key = await rotate_key(conn, key_id, data or KeyRotate(), actor)
+            key = await rotate_key(conn, key_id, data or KeyRotate(), actor, hasher)
         keys.forget()
         return key

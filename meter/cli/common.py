@@ -9,7 +9,8 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from meter.settings import Settings
+from meter.credentials import KeyHasher
+from meter.settings import ConfigError, Settings
 
 T = TypeVar("T")
 
@@ -27,6 +28,26 @@ def database_url(config: Settings) -> str:
     from meter import embedded_pg
 
     return embedded_pg.start(config.data_dir)
+
+
+def key_hasher(config: Settings) -> KeyHasher:
+    """The hasher of the configured pepper, once the database agrees it is the pepper its keys use."""
+    hasher = KeyHasher(config.with_key_pepper().key_pepper or "")
+    check_pepper(config, hasher)
+    return hasher
+
+
+def check_pepper(config: Settings, hasher: KeyHasher) -> None:
+    from meter.db.queries import agreed_setting
+
+    async def work(conn: AsyncConnection) -> str:
+        return await agreed_setting(conn, "key_pepper", hasher.fingerprint())
+
+    if in_transaction(config, work) != hasher.fingerprint():
+        raise ConfigError(
+            "METER_KEY_PEPPER is not the pepper this database's keys were hashed with: every meter "
+            "process and CLI of one database needs the same one (see the README, Security)"
+        )
 
 
 def in_transaction(config: Settings, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:

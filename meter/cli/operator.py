@@ -152,7 +152,8 @@ def _tenants_rename(args: argparse.Namespace) -> None:
 
 def _keys_issue(args: argparse.Namespace) -> None:
     spec = keys.KeyCreate(name=args.name, expires_at=args.expires_at, allowed_models=args.allowed_models)
-    _run(args, lambda conn: keys.issue_key(conn, args.tenant_id, spec, cli_actor()))
+    hasher = common.key_hasher(common.settings(args))
+    _run(args, lambda conn: keys.issue_key(conn, args.tenant_id, spec, cli_actor(), hasher))
     if args.format == "table":
         print("\nStore the key now: meter keeps only its hash and cannot show it again.")
 
@@ -167,7 +168,8 @@ def _keys_revoke(args: argparse.Namespace) -> None:
 
 def _keys_rotate(args: argparse.Namespace) -> None:
     rotate = keys.KeyRotate(grace_period_s=args.grace_period)
-    _run(args, lambda conn: keys.rotate_key(conn, args.key_id, rotate, cli_actor()))
+    hasher = common.key_hasher(common.settings(args))
+    _run(args, lambda conn: keys.rotate_key(conn, args.key_id, rotate, cli_actor(), hasher))
 
 
 def _limits_set(args: argparse.Namespace) -> None:

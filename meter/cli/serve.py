@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from meter.cli import common
+from meter.credentials import KeyHasher
 from meter.settings import ENV_FIELDS, ConfigError, Settings
 
 DEMO_UPSTREAM_KEY = "sk-ant-demo-operator-key"
@@ -98,7 +99,8 @@ def _run_gateway(settings: Settings, demo_mode: bool) -> None:
     url = common.database_url(settings)
     migrate.upgrade(url)
     token_was_new = not settings.admin_token and not (settings.data_dir / "admin_token").exists()
-    settings = replace(settings, database_url=url).with_admin_token()
+    settings = replace(settings, database_url=url).with_admin_token().with_key_pepper()
+    common.check_pepper(settings, KeyHasher(settings.key_pepper or ""))
     base = f"http://{settings.host}:{settings.port}"
     if token_was_new:
         print(f"Admin token (stored in {settings.data_dir / 'admin_token'}; shown once):\n  {settings.admin_token}\n")
@@ -175,7 +177,8 @@ def _demo_key(settings: Settings) -> str:
 
     async def work(conn: AsyncConnection) -> str:
         tenant = await create_tenant(conn, "demo", cli_actor())
-        return (await issue_key(conn, tenant.id, KeyCreate(name="demo"), cli_actor())).key
+        hasher = KeyHasher(settings.key_pepper or "")
+        return (await issue_key(conn, tenant.id, KeyCreate(name="demo"), cli_actor(), hasher)).key
 
     secret = common.in_transaction(settings, work)
     path.write_text(secret + "\n")

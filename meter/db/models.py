@@ -218,3 +218,12 @@ audit_log = Table(
     Column("subject_id", Text),
     Column("details", JSONB, nullable=False, server_default="{}"),
 )
+
+# Facts every meter process of one database must agree on, checked at start: `key_pepper` holds the
+# fingerprint of the pepper its key hashes are made with (meter/credentials.py).
+meter_settings = Table(
+    "meter_settings",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)

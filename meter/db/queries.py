@@ -30,9 +30,9 @@ def _needs_price(table: Any) -> Any:
     return or_(*(table.c[name].is_not(None) for name in _MONEY_COLUMNS))
 
 
-async def key_by_hash(conn: AsyncConnection, key_hash: str) -> dict[str, Any] | None:
-    """The key with this hash (current, or previous after a rotation), its tenant's status, and
-    whether either has limits: or None."""
+async def key_by_hash(conn: AsyncConnection, hashes: Sequence[str]) -> dict[str, Any] | None:
+    """The key with one of these hashes (current, or previous after a rotation), its tenant's
+    status, and whether either has limits: or None."""
     query = (
         select(
             api_keys.c.id,
@@ -41,6 +41,7 @@ async def key_by_hash(conn: AsyncConnection, key_hash: str) -> dict[str, Any] | 
             api_keys.c.expires_at,
             api_keys.c.allowed_models,
             api_keys.c.key_hash,
+            api_keys.c.previous_key_hash,
             api_keys.c.previous_valid_until,
             tenants.c.status.label("tenant_status"),
             func.coalesce(_is_limited(_tenant_limits), False).label("tenant_limited"),
@@ -50,10 +51,25 @@ async def key_by_hash(conn: AsyncConnection, key_hash: str) -> dict[str, Any] | 
         .join(tenants, tenants.c.id == api_keys.c.tenant_id)
         .outerjoin(_tenant_limits, _tenant_limits.c.subject_id == api_keys.c.tenant_id)
         .outerjoin(_key_limits, _key_limits.c.subject_id == api_keys.c.id)
-        .where(or_(api_keys.c.key_hash == key_hash, api_keys.c.previous_key_hash == key_hash))
+        .where(or_(api_keys.c.key_hash.in_(hashes), api_keys.c.previous_key_hash.in_(hashes)))
     )
     row = (await conn.execute(query)).mappings().first()
     return dict(row) if row else None
+
+
+_REHASH = text(
+    """
+UPDATE api_keys SET
+    key_hash = CASE WHEN key_hash = :old THEN :new ELSE key_hash END,
+    previous_key_hash = CASE WHEN previous_key_hash = :old THEN :new ELSE previous_key_hash END
+WHERE id = :id
+"""
+)
+
+
+async def rehash_key(conn: AsyncConnection, key_id: str, old: str, new: str) -> None:
+    """Replace a key's legacy hash by its peppered one."""
+    await conn.execute(_REHASH, {"id": key_id, "old": old, "new": new})
 
 
 # The ledger row's fields are the insert's columns; each is sent as an array of its column's type.
@@ -135,3 +151,11 @@ async def tenant_budgets(conn: AsyncConnection) -> list[dict[str, Any]]:
 async def migration_heads(conn: AsyncConnection) -> set[str]:
     """The migrations the database is at."""
     return set((await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars())
+
+
+async def agreed_setting(conn: AsyncConnection, name: str, value: str) -> str:
+    """The database's value of setting `name`, which becomes `value` if it has none yet."""
+    insert_new = text("INSERT INTO meter_settings (name, value) VALUES (:name, :value) ON CONFLICT DO NOTHING")
+    await conn.execute(insert_new, {"name": name, "value": value})
+    stored = await conn.execute(text("SELECT value FROM meter_settings WHERE name = :name"), {"name": name})
+    return str(stored.scalar_one())

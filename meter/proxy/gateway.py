@@ -76,7 +76,8 @@ class Gateway:
             return
         incoming = dict(scope["headers"])  # for lookups; the list itself is what gets forwarded
         try:
-            caller = await self.keys.authenticate(incoming)
+            client = scope.get("client")
+            caller = await self.keys.authenticate(incoming, client[0] if client else "")
         except MeterError as error:
             self._metrics.requests.labels("unauthenticated", "other", endpoint.name, str(error.status)).inc()
             await refuse(error)

@@ -16,7 +16,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.support import ADMIN_TOKEN, Ledger, Process, eventually, free_port, wait_for_http
+from tests.support import ADMIN_TOKEN, KEY_PEPPER, Ledger, Process, eventually, free_port, wait_for_http
 
 
 def meter_cli(database_url: str, *args: str) -> Any:
@@ -27,7 +27,7 @@ def meter_cli(database_url: str, *args: str) -> Any:
 def meter_text(database_url: str, *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "meter", *args],
-        env={**os.environ, "METER_DATABASE_URL": database_url},
+        env={**os.environ, "METER_DATABASE_URL": database_url, "METER_KEY_PEPPER": KEY_PEPPER},
         capture_output=True,
         text=True,
         timeout=120,
@@ -55,7 +55,7 @@ def test_tenants_create_and_keys_issue_and_revoke(database_url: str, meter: Proc
 def test_unknown_tenant_is_a_clear_error(database_url: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "meter", "keys", "issue", "ten_nope"],
-        env={**os.environ, "METER_DATABASE_URL": database_url},
+        env={**os.environ, "METER_DATABASE_URL": database_url, "METER_KEY_PEPPER": KEY_PEPPER},
         capture_output=True,
         text=True,
         timeout=120,

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import insert, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from meter.credentials import generate_key, hash_key, new_id
+from meter.credentials import KeyHasher, generate_key, new_id
 from meter.db import migrate
 from meter.db.engine import create_engine, create_hot_engine
 from meter.db.models import api_keys, limits, tenants
@@ -24,7 +24,9 @@ from meter.errors import AuthenticationFailed, Overloaded
 from meter.metrics import Metrics
 from meter.proxy import auth
 from meter.proxy.auth import Caller, KeyCache
-from tests.support import create_database, eventually_async
+from tests.support import KEY_PEPPER, create_database, eventually_async
+
+HASHER = KeyHasher(KEY_PEPPER)
 
 
 class Keys:
@@ -34,7 +36,7 @@ class Keys:
         self.url = url
         self.registry = CollectorRegistry()
         self.engine: AsyncEngine = create_hot_engine(url, pool_size=2)
-        self.cache = KeyCache(self.engine, Metrics(self.registry))
+        self.cache = KeyCache(self.engine, Metrics(self.registry), HASHER)
         self._admin = create_engine(url, pool_size=1)
 
     async def issue(self, **limit_settings: Any) -> str:
@@ -44,7 +46,7 @@ class Keys:
             await conn.execute(insert(tenants).values(id=tenant_id, name=f"cache-{secrets.token_hex(3)}"))
             await conn.execute(
                 insert(api_keys).values(
-                    id=new_id("key"), tenant_id=tenant_id, prefix=secret[:15], key_hash=hash_key(secret)
+                    id=new_id("key"), tenant_id=tenant_id, prefix=secret[:15], key_hash=HASHER.hash(secret)
                 )
             )
             if limit_settings:
@@ -54,7 +56,9 @@ class Keys:
     async def revoke(self, secret: str) -> None:
         """Revoke in Postgres only, without the notification meter's admin API sends."""
         async with self._admin.begin() as conn:
-            await conn.execute(update(api_keys).where(api_keys.c.key_hash == hash_key(secret)).values(status="revoked"))
+            await conn.execute(
+                update(api_keys).where(api_keys.c.key_hash == HASHER.hash(secret)).values(status="revoked")
+            )
 
     async def authenticate(self, secret: str) -> Caller:
         return await self.cache.authenticate({b"x-api-key": secret.encode()})
@@ -130,8 +134,8 @@ async def test_withdraw_makes_that_key_read_again(keys: Keys) -> None:
     for secret in (revoked, other):
         await keys.authenticate(secret)
     await keys.revoke(revoked)
-    keys.cache.withdraw(hash_key(revoked))
-    keys.cache.withdraw(hash_key(generate_key()))  # a key this process never saw: nothing to do
+    keys.cache.withdraw(HASHER.hash(revoked))
+    keys.cache.withdraw(HASHER.hash(generate_key()))  # a key this process never saw: nothing to do
     with pytest.raises(AuthenticationFailed):
         await keys.authenticate(revoked)
     await keys.authenticate(other)
@@ -188,7 +192,7 @@ async def test_while_postgres_is_away_recent_keys_are_served_but_never_a_withdra
             await keys.authenticate(secret)
         await refuse_connections(postgres_server, database, refuse=True)
         keys.cache.forget()  # every entry is to be read again, and cannot be
-        keys.cache.withdraw(hash_key(withdrawn))
+        keys.cache.withdraw(HASHER.hash(withdrawn))
         reads = keys.reads()
         assert (await keys.authenticate(seen)).key_id  # served as it was
         for secret in (withdrawn, unseen):
