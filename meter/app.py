@@ -34,6 +34,7 @@ from meter.ledger import LedgerWriter
 from meter.metrics import Metrics, exposition_route, mark_process_dead, serve_exposition
 from meter.pricing import PriceTable
 from meter.proxy.auth import KeyCache
+from meter.proxy.cors import Cors
 from meter.proxy.endpoints import ENDPOINTS
 from meter.proxy.forward import Upstream
 from meter.proxy.gate import Gate
@@ -166,4 +167,4 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="meter", version="0.1.0", path="/schema"),
     )
-    return ProxyRoutes(app, parts.gateway)
+    return ProxyRoutes(app, parts.gateway, Cors(settings.cors_origins))

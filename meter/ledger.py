@@ -23,7 +23,7 @@ from collections import deque
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from meter.db.queries import write_ledger_batch
+from meter.db.queries import settle, write_ledger_batch
 from meter.db.rows import LedgerRow, Settlement
 from meter.metrics import Metrics
 
@@ -142,6 +142,15 @@ class LedgerWriter:
             self._pending.popleft()
         self._metrics.ledger_pending.set(len(self._pending))
 
+    async def _settle_alone(self, settlement: Settlement) -> None:
+        """The usage of a refused row still counts against its limits, and its hold is released
+        (the process would otherwise renew it forever)."""
+        try:
+            async with self._engine.begin() as conn:
+                await settle(conn, [settlement])
+        except Exception:
+            log.exception("ledger: could not settle the hold of dropped row %s", settlement.request_id)
+
     async def _database_answers(self) -> bool:
         try:
             async with self._engine.connect() as conn:
@@ -160,4 +169,6 @@ class LedgerWriter:
                     return  # Postgres went away meanwhile: keep the rest queued
                 self._metrics.ledger_dropped.inc()
                 log.error("ledger: dropped row %s that Postgres rejected: %s", row.request_id, exc)
+                if settlement is not None:
+                    await self._settle_alone(settlement)
             self._discard(1)

@@ -76,6 +76,8 @@ class Settings:
     # body is read), and streams still read after their client left, to learn their final usage.
     tenant_max_in_flight: int = 256
     tenant_max_drains: int = 16
+    # Browser origins allowed to call the tenant endpoints (comma-separated, or *); none by default.
+    cors_origins: str = ""
     # Failed authentications an address may make per minute (per process) before it is refused.
     auth_failures_per_minute: int = 30
     # `host:port` where /metrics is also served without the admin token (a network only Prometheus
@@ -183,4 +185,5 @@ ENV_FIELDS: dict[str, type] = {
     "tenant_max_drains": int,
     "metrics_address": str,
     "auth_failures_per_minute": int,
+    "cors_origins": str,
 }

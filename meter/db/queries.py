@@ -148,6 +148,14 @@ async def tenant_budgets(conn: AsyncConnection) -> list[dict[str, Any]]:
     return [dict(row) for row in (await conn.execute(_BUDGETS, period)).mappings()]
 
 
+async def settle(conn: AsyncConnection, settlements: Sequence[Settlement]) -> None:
+    """Settle reservations without their ledger rows (for rows Postgres refused)."""
+    await conn.execute(
+        text("SELECT meter_settle(CAST(:settlements AS jsonb))"),
+        {"settlements": msgspec.json.encode(settlements).decode()},
+    )
+
+
 async def migration_heads(conn: AsyncConnection) -> set[str]:
     """The migrations the database is at."""
     return set((await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars())

@@ -60,13 +60,13 @@ class ChatCompletions:
             raise InvalidChatRequest(exc.message, exc.param, exc.code) from None
         return anthropic_body
 
-    def answer(self, status: int, body: bytes) -> bytes:
+    def answer(self, status: int, body: bytes) -> tuple[int, bytes]:
         if status != 200:
-            return anthropic_error_to_openai(status, body)
+            return status, anthropic_error_to_openai(status, body)
         try:
-            return to_openai(body, self._model, self._created)
+            return status, to_openai(body, self._model, self._created)
         except UpstreamFormatError:
-            return openai_error_body("The upstream answer was not a message.", "server_error", "bad_upstream")
+            return 502, openai_error_body("The upstream answer was not a message.", "server_error", "bad_upstream")
 
     def stream(self) -> ChunkTranslator:
         return ChunkTranslator(self._model, self._created, self._include_usage)

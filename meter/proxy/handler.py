@@ -63,8 +63,8 @@ class Handler(Protocol):
         """What to send upstream; sets what the request says (model, stream, max_tokens) on
         `exchange`; raises a MeterError to refuse the request before anything is forwarded."""
 
-    def answer(self, status: int, body: bytes) -> bytes:
-        """The tenant's answer for a whole upstream answer (a reply or an error)."""
+    def answer(self, status: int, body: bytes) -> tuple[int, bytes]:
+        """The tenant's status and body for a whole upstream answer (a reply or an error)."""
 
     def stream(self) -> StreamTranslator | None:
         """A translator for a streamed reply, or None to relay the stream untouched."""
@@ -76,8 +76,8 @@ class Handler(Protocol):
 class Anthropic:
     """The answer and error behaviour of endpoints that speak Anthropic's API: untouched."""
 
-    def answer(self, status: int, body: bytes) -> bytes:
-        return body
+    def answer(self, status: int, body: bytes) -> tuple[int, bytes]:
+        return status, body
 
     def stream(self) -> StreamTranslator | None:
         return None

@@ -159,6 +159,10 @@ def refusal_error(refusal: dict[str, Any]) -> MeterError:
         else:
             amounts = f"${decimal_text(remaining)} remains and this request may cost up to ${decimal_text(needed)}"
         message = f"This request would exceed the {words} of your {whose}: {amounts}."
+        if Decimal(str(needed)) > Decimal(str(limit)):
+            # It cannot fit even in a fresh period: waiting for the reset would not help.
+            headers["x-should-retry"] = "false"
+            message += f" That is more than the whole {words}, so it cannot succeed as it is."
     return RateLimited(message, headers)
 
 

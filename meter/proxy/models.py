@@ -32,8 +32,11 @@ class Models:
             headers = [*headers, (b"anthropic-version", ANTHROPIC_VERSION)]
         return UpstreamRequest(request.method, request.path, request.query, headers, b"")
 
-    def answer(self, status: int, body: bytes) -> bytes:
+    def answer(self, status: int, body: bytes) -> tuple[int, bytes]:
         """The list is filtered page by page."""
+        return status, self._rewrite(status, body)
+
+    def _rewrite(self, status: int, body: bytes) -> bytes:
         allowed, openai_client = self._allowed, self._openai_client
         if allowed is None and not openai_client:
             return body

@@ -12,6 +12,9 @@ from meter.metrics import Metrics
 from meter.pricing import PriceTable
 from meter.proxy.exchange import Exchange
 
+# Stop reasons, error types and request ids are short; an upstream that sends more is cut.
+MAX_TEXT = 256
+
 
 class Recorder:
     def __init__(self, ledger: LedgerWriter, prices: PriceTable, metrics: Metrics) -> None:
@@ -77,7 +80,7 @@ def _row(exchange: Exchange, duration: float, cost: Decimal | None) -> LedgerRow
         endpoint=exchange.endpoint,
         stream=exchange.stream,
         status=exchange.status,
-        error_type=exchange.error_type,
+        error_type=_text(exchange.error_type),
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cache_creation_input_tokens=usage.cache_creation_input_tokens,
@@ -86,10 +89,17 @@ def _row(exchange: Exchange, duration: float, cost: Decimal | None) -> LedgerRow
         cache_read_input_tokens=usage.cache_read_input_tokens,
         cost_usd=cost,
         partial=exchange.partial,
-        stop_reason=exchange.stop_reason,
-        upstream_request_id=exchange.upstream_request_id,
+        stop_reason=_text(exchange.stop_reason),
+        upstream_request_id=_text(exchange.upstream_request_id),
         started_at=exchange.started_at,
         finished_at=exchange.started_at + timedelta(seconds=duration),
         duration_ms=round(duration * 1000),
         ttfb_ms=None if exchange.ttfb_s is None else round(exchange.ttfb_s * 1000),
     )
+
+
+def _text(value: object) -> str | None:
+    """A string the upstream sent, as the ledger can store it whatever it was: no NUL, bounded."""
+    if not isinstance(value, str):
+        return None
+    return value.replace("\x00", "")[:MAX_TEXT]

@@ -29,17 +29,19 @@ UPSTREAM_LOST_FRAME = (
 )
 
 
-def _start(exchange: Exchange, upstream: httpx.Response, length: int | None = None) -> dict[str, Any]:
+def _start(
+    exchange: Exchange, upstream: httpx.Response, status: int | None = None, length: int | None = None
+) -> dict[str, Any]:
     headers = response_headers(upstream)
     headers.extend(exchange.response_headers)
     headers.append((b"x-meter-request-id", exchange.request_id.encode()))
     if length is not None:
         headers.append((b"content-length", str(length).encode()))
-    return {"type": "http.response.start", "status": upstream.status_code, "headers": headers}
+    return {"type": "http.response.start", "status": status or upstream.status_code, "headers": headers}
 
 
 async def relay_whole(
-    exchange: Exchange, upstream: httpx.Response, send: Any, rewrite: Callable[[int, bytes], bytes]
+    exchange: Exchange, upstream: httpx.Response, send: Any, rewrite: Callable[[int, bytes], tuple[int, bytes]]
 ) -> None:
     """Relay a whole answer as `rewrite(status, body)` makes it for the tenant (another dialect,
     hidden models); usage is read from the upstream's own body."""
@@ -47,9 +49,10 @@ async def relay_whole(
         body = await upstream.aread()
     finally:
         await upstream.aclose()
-    answer = rewrite(upstream.status_code, body)
+    status, answer = rewrite(upstream.status_code, body)
+    exchange.status = status
     exchange.first_byte()
-    await send(_start(exchange, upstream, len(answer)))
+    await send(_start(exchange, upstream, status, len(answer)))
     await send({"type": "http.response.body", "body": answer})
     # Bookkeeping after the client has its answer: off the latency path.
     if exchange.billed or upstream.status_code >= 400:

@@ -10,6 +10,7 @@ from typing import Any
 
 from meter.credentials import new_id
 from meter.errors import NotFound, send_error
+from meter.proxy.cors import Cors
 from meter.proxy.endpoints import path_segments, route
 from meter.proxy.gateway import Gateway
 
@@ -17,9 +18,10 @@ NOT_FOUND = NotFound("Not found: no such endpoint.")
 
 
 class ProxyRoutes:
-    def __init__(self, app: Any, gateway: Gateway) -> None:
+    def __init__(self, app: Any, gateway: Gateway, cors: Cors) -> None:
         self._app = app
         self._gateway = gateway
+        self._cors = cors
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -27,6 +29,16 @@ class ProxyRoutes:
             segments = path_segments(raw_path.decode("latin-1"))
             found = route(scope["method"], segments) if segments is not None else None
             if found is not None:
+                if self._cors.enabled:
+                    headers = dict(scope["headers"])
+                    origin = headers.get(b"origin")
+                    if origin is not None and self._cors.allowed(origin):
+                        if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
+                            methods = sorted({endpoint.method for endpoint in found.allowed})
+                            requested = headers.get(b"access-control-request-headers", b"")
+                            await self._cors.preflight(send, origin, methods, requested)
+                            return
+                        send = self._cors.wrap(send, origin)
                 await self._gateway.handle(scope, receive, send, found)
                 return
             if segments is None or segments[:1] == ["v1"]:

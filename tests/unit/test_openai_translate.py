@@ -845,7 +845,8 @@ def sdk_client(upstream: Callable[[dict[str, Any], bool], httpx2.Response]) -> o
         except MeterError as error:
             return httpx2.Response(error.status, headers=error.headers, content=endpoint.error(error, "req_test"))
         if not stream or reply.status_code != 200:
-            return httpx2.Response(reply.status_code, content=endpoint.answer(reply.status_code, reply.read()))
+            status, body = endpoint.answer(reply.status_code, reply.read())
+            return httpx2.Response(status, content=body)
         translator = endpoint.stream()
         raw = reply.read()
         pieces = [translator.feed(raw[i : i + 7]) for i in range(0, len(raw), 7)] + [translator.finish()]

@@ -96,8 +96,18 @@ def test_period_token_limits_carry_token_headers() -> None:
     assert error.headers["x-should-retry"] == "false"
     assert error.message == (
         "This request would exceed the daily token limit of your organization: "
-        "20 tokens remain and this request may use up to 105."
+        "20 tokens remain and this request may use up to 105. "
+        "That is more than the whole daily token limit, so it cannot succeed as it is."
     )
+
+
+def test_a_request_larger_than_a_whole_period_limit_is_not_retried_even_just_before_the_reset() -> None:
+    # 30 s before UTC midnight: a request that fits a fresh day may retry, one that never fits may not.
+    fits = refusal_error(refusal("budget_usd_per_day", limit="1.00", remaining="0.01", needed="0.50", retry_after=30))
+    never = refusal_error(refusal("budget_usd_per_day", limit="1.00", remaining="0.01", needed="2.50", retry_after=30))
+    assert "x-should-retry" not in fits.headers and fits.headers["retry-after"] == "30"
+    assert never.headers["x-should-retry"] == "false"
+    assert "more than the whole daily budget" in never.message
 
 
 def test_budgets_speak_dollars_and_carry_no_token_headers() -> None:
