@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections import deque
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +23,7 @@ from meter.upstream_demo.errors import DemoError, invalid_request
 from meter.upstream_demo.replies import Reply, build_reply
 from meter.upstream_demo.tokens import count_input_tokens
 
+SEEN_MAX = 100_000
 # Anthropic's body cap for Messages and count_tokens.
 MAX_BODY_BYTES = 32 * 1024 * 1024
 # A failing stream (`x-demo-error: midstream|drop`) sends this many content deltas first.
@@ -101,8 +103,12 @@ class DemoUpstream:
         self.config = config
         # (method, path, query string, headers, body) of the latest /v1 request; hashed only on demand.
         self._last: tuple[str, str, str, CIMultiDictProxy[str], bytes] | None = None
+        # Every request's method and raw path, in order (the newest SEEN_MAX), for `/_demo/seen`:
+        # tests check that nothing but allowed paths ever reached the upstream.
+        self._seen: deque[tuple[str, str]] = deque(maxlen=SEEN_MAX)
 
     async def _read(self, request: web.Request) -> bytes:
+        self._seen.append((request.method, request.raw_path))
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -242,7 +248,15 @@ class DemoUpstream:
                 await self._read(request)
             except DemoError as error:
                 return _error(error, request_id)
+        else:
+            self._seen.append((request.method, request.raw_path))
         return _error(DemoError(404, "The requested resource could not be found."), request_id)
+
+    # GET /_demo/seen
+
+    async def seen(self, request: web.Request) -> web.Response:
+        paths = [{"method": method, "path": path} for method, path in self._seen]
+        return _json(wire.dumps({"requests": paths}), wire.new_request_id())
 
     # GET /_demo/last-request
 
@@ -297,6 +311,7 @@ def create_demo_app(config: DemoConfig) -> web.Application:
     router.add_get("/v1/models", upstream.list_models, allow_head=False)
     router.add_get("/v1/models/{model_id}", upstream.get_model, allow_head=False)
     router.add_get("/_demo/last-request", upstream.last_request, allow_head=False)
+    router.add_get("/_demo/seen", upstream.seen, allow_head=False)
     # Last, so it only catches what no route above matched: Anthropic answers those with JSON 404s.
     router.add_route("*", "/{tail:.*}", upstream.not_found)
     return app
