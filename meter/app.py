@@ -80,7 +80,15 @@ def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -
     ledger = LedgerWriter(
         engine, metrics, settings.ledger_batch_rows, settings.ledger_flush_interval_s, settings.ledger_max_pending
     )
-    limiter = Limiter(engine, hot_engine, prices, metrics, settings.hold_ttl_s)
+    limiter = Limiter(
+        engine,
+        hot_engine,
+        prices,
+        metrics,
+        settings.hold_ttl_s,
+        settings.reserve_image_tokens,
+        settings.reserve_server_tool_uses,
+    )
     gate = Gate(metrics, settings.max_in_flight, settings.tenant_max_in_flight, settings.tenant_max_drains)
     gateway = Gateway(
         keys,

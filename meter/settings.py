@@ -76,6 +76,10 @@ class Settings:
     # body is read), and streams still read after their client left, to learn their final usage.
     tenant_max_in_flight: int = 256
     tenant_max_drains: int = 16
+    # The reservation's ceilings for what meter cannot measure (proxy/estimate.py): tokens per image,
+    # and uses of a server tool that names no max_uses.
+    reserve_image_tokens: int = 4_800
+    reserve_server_tool_uses: int = 10
     # Browser origins allowed to call the tenant endpoints (comma-separated, or *); none by default.
     cors_origins: str = ""
     # Failed authentications an address may make per minute (per process) before it is refused.
@@ -106,7 +110,13 @@ class Settings:
         for name in ("header_timeout_s", "body_timeout_s", "max_header_bytes", "max_connections", "max_in_flight"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"METER_{name.upper()} must be positive, got {getattr(self, name)}")
-        for name in ("tenant_max_in_flight", "tenant_max_drains", "auth_failures_per_minute"):
+        for name in (
+            "tenant_max_in_flight",
+            "tenant_max_drains",
+            "auth_failures_per_minute",
+            "reserve_image_tokens",
+            "reserve_server_tool_uses",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"METER_{name.upper()} must not be negative, got {getattr(self, name)}")
 
@@ -186,4 +196,6 @@ ENV_FIELDS: dict[str, type] = {
     "metrics_address": str,
     "auth_failures_per_minute": int,
     "cors_origins": str,
+    "reserve_image_tokens": int,
+    "reserve_server_tool_uses": int,
 }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, get
@@ -42,6 +42,15 @@ class UsageEvent(msgspec.Struct):
     finished_at: datetime
     duration_ms: int
     ttfb_ms: int | None
+    server_tool_use: dict[str, int] | None
+    service_tier: str | None
+    inference_geo: str | None
+    speed: str | None
+    iterations: list[dict[str, Any]] | None
+    usage_extra: dict[str, Any] | None
+    response_model: str | None
+    fees: dict[str, dict[str, Any]] | None  # {"web_search_requests": {"units": 3, "usd": "0.03"}}
+    long_context: bool
 
 
 class UsageEventPage(msgspec.Struct):

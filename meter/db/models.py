@@ -34,9 +34,10 @@ metadata = MetaData(
     }
 )
 
-# Money: USD with 12 decimal places. Prices per million tokens have 6, so a cost (tokens x price / 1e6)
-# has at most 12: every cost is stored exactly, never rounded.
-Money = Numeric(24, 12)
+# Money: USD as Postgres' unconstrained numeric, which stores any decimal exactly. A cost is tokens x a
+# price of 6 decimals / 1e6, times multipliers (geo, tier, speed) of a few decimals each: its digits
+# vary, and none is ever rounded away.
+Money = Numeric()
 Price = Numeric(12, 6)
 
 tenants = Table(
@@ -80,6 +81,21 @@ prices = Table(
     Column("cache_write_5m_per_mtok", Price, nullable=False),
     Column("cache_write_1h_per_mtok", Price, nullable=False),
     Column("cache_read_per_mtok", Price, nullable=False),
+    # Per-unit fees of server tools, by the name of their `usage.server_tool_use` counter, USD per
+    # unit as decimal text: {"web_search_requests": "0.01"}.
+    Column("server_tool_fees", JSONB, nullable=False, server_default="{}"),
+    # Multipliers of every token price, by usage field and value, as decimal text:
+    # {"inference_geo": {"us": "1.1"}, "service_tier": {"batch": "0.5"}, "speed": {"fast": "2"}}.
+    Column("multipliers", JSONB, nullable=False, server_default="{}"),
+    # Token prices that replace these for a call whose input (uncached + cache) exceeds a threshold:
+    # {"above_input_tokens": 200000, "input_per_mtok": "6", ...} (all five token prices).
+    Column("long_context", JSONB),
+    # The most input and output tokens one call can have (null: not known).
+    Column("context_window", Integer),
+    Column("max_output_tokens", Integer),
+    # Whether every figure of this price is cited from the provider's own price list; `source` says where.
+    Column("verified", Boolean, nullable=False, server_default="false"),
+    Column("source", Text),
 )
 
 # The ledger: one row per tenant request that reached authentication, whatever its outcome.
@@ -101,8 +117,22 @@ usage_events = Table(
     Column("cache_creation_5m_input_tokens", BigInteger, nullable=False, server_default="0"),
     Column("cache_creation_1h_input_tokens", BigInteger, nullable=False, server_default="0"),
     Column("cache_read_input_tokens", BigInteger, nullable=False, server_default="0"),
-    # NULL when the model has no price: never a silent $0.
+    # The rest of the usage object (meter/usage.py): server-tool counters, where and how the call ran,
+    # per-sub-call usage, and any field meter does not know yet (kept, never lost).
+    Column("server_tool_use", JSONB),
+    Column("service_tier", Text),
+    Column("inference_geo", Text),
+    Column("speed", Text),
+    Column("iterations", JSONB),
+    Column("usage_extra", JSONB),
+    # The model the upstream answered with (the dated id of an alias): what its own reports name.
+    Column("response_model", Text),
+    # NULL when the model has no price: never a silent $0. Fees are part of it, and itemised in
+    # `fees` ({"web_search_requests": {"units": 3, "usd": "0.03"}}); `long_context` says whether the
+    # long-context prices applied.
     Column("cost_usd", Money),
+    Column("fees", JSONB),
+    Column("long_context", Boolean, nullable=False, server_default="false"),
     Column("partial", Boolean, nullable=False, server_default="false"),
     Column("stop_reason", Text),
     Column("upstream_request_id", Text),

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from meter import periods
 from meter.db.models import LIMIT_SETTINGS, api_keys, limits, tenants, usage_events
-from meter.db.rows import LEDGER_FIELDS, LedgerRow, Settlement
+from meter.db.rows import JSON_FIELDS, LEDGER_FIELDS, LedgerRow, Settlement
 
 _tenant_limits = limits.alias("tenant_limits")
 _key_limits = limits.alias("key_limits")
@@ -124,7 +124,12 @@ async def write_ledger_batch(
     conn: AsyncConnection, rows: Sequence[LedgerRow], settlements: Sequence[Settlement]
 ) -> None:
     """Write ledger rows, their rollups and their settlements (see _WRITE_BATCH)."""
-    columns: dict[str, Any] = {name: [getattr(row, name) for row in rows] for name in LEDGER_FIELDS}
+    columns: dict[str, Any] = {
+        name: [_json(getattr(row, name)) for row in rows]
+        if name in JSON_FIELDS
+        else [getattr(row, name) for row in rows]
+        for name in LEDGER_FIELDS
+    }
     await conn.execute(_WRITE_BATCH, {**columns, "settlements": msgspec.json.encode(settlements).decode()})
 
 
@@ -146,6 +151,24 @@ async def tenant_budgets(conn: AsyncConnection) -> list[dict[str, Any]]:
     day = periods.today()
     period = {"day": day, "month": periods.month_start(day)}
     return [dict(row) for row in (await conn.execute(_BUDGETS, period)).mappings()]
+
+
+def _json(value: Any) -> str | None:
+    """JSON text Postgres's jsonb accepts: it refuses the NUL character, which an upstream's extra
+    usage fields could carry, so NULs are dropped from every string first."""
+    if value is None:
+        return None
+    return msgspec.json.encode(_without_nul(value)).decode()
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 async def settle(conn: AsyncConnection, settlements: Sequence[Settlement]) -> None:

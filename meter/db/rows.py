@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 
@@ -37,6 +38,16 @@ class LedgerRow(msgspec.Struct, kw_only=True):
     finished_at: datetime
     duration_ms: int
     ttfb_ms: int | None
+    # The rest of the usage (meter/usage.py) and how the cost came about; absent for most calls.
+    server_tool_use: dict[str, int] | None = None
+    service_tier: str | None = None
+    inference_geo: str | None = None
+    speed: str | None = None
+    iterations: list[dict[str, Any]] | None = None
+    usage_extra: dict[str, Any] | None = None
+    response_model: str | None = None
+    fees: dict[str, dict[str, Any]] | None = None
+    long_context: bool = False
 
 
 class Settlement(msgspec.Struct, kw_only=True):
@@ -52,3 +63,5 @@ class Settlement(msgspec.Struct, kw_only=True):
 
 
 LEDGER_FIELDS: tuple[str, ...] = LedgerRow.__struct_fields__
+# Fields stored as JSONB: sent to Postgres as JSON text.
+JSON_FIELDS = frozenset({"server_tool_use", "iterations", "usage_extra", "fees"})

@@ -48,7 +48,7 @@ class ChatCompletions:
         await read_document(request.body)
         body = self.request(request.body)
         document = parse_body(body)
-        read_fields(exchange, document)
+        read_fields(exchange, document, len(body))
         headers = [*request.forward_headers, (b"anthropic-version", ANTHROPIC_VERSION)]
         return UpstreamRequest("POST", self.upstream_path, b"", headers, body, document)
 

@@ -1,62 +1,179 @@
-"""The worst case a request can cost, reserved before it is forwarded (and settled exactly after).
+"""The most a request can cost, reserved before it is forwarded (and settled exactly after): an
+upper bound that holds, read from the parsed request body (`RequestShape`).
 
-Input tokens are estimated from the body without a tokenizer:
+Input of the first sampling step:
+- text, JSON structure and everything else in the body: one token per byte. A token of Claude's
+  tokenizers is at least one byte of text, and the JSON around each message and block is longer
+  than the tokens the API adds around it, so this never undercounts (it overcounts English about
+  3.5x; the hold is released at settlement, so only concurrency near a limit's edge feels it).
+- images, by any source (base64, URL, file): IMAGE_TOKENS each (`METER_RESERVE_IMAGE_TOKENS`):
+  the API scales every image down to a bounded size first, whatever its bytes.
+- content meter cannot measure: PDF documents (base64, URL or file), documents by URL or file id,
+  container uploads: the model's whole context window.
+- tools: TOOL_PROMPT_TOKENS on top, for the tool-use system prompt the API adds.
+The first step is never more than the context window (a longer request fails, at no cost).
 
-- text and JSON structure: one token per 3 bytes of the body, counting the JSON keys and
-  punctuation too. Claude's tokenizers average 3.5 to 4 bytes per token on English text and code,
-  so this over-reserves there. It under-counts only text denser than 3 bytes per token: digit runs,
-  some symbols and non-Latin scripts, where a token can be 1 to 2 bytes; the worst case is about 2x
-  (1.5 bytes per token) on the text part of such a body.
-- base64 images: 1,600 tokens each, Anthropic's ceiling for an image (it resizes larger ones to
-  about 1.15 megapixels), instead of their base64 bytes.
-- base64 documents (PDFs): one token per 3 bytes of base64 (a page is about 1,500 to 3,000 tokens
-  of text plus its image; this covers that for typical PDFs, but an image-heavy page can cost more).
+Server tools (web search, web fetch, code execution, tool search, MCP servers) loop inside one
+call: every further sampling step may read up to the whole context window. There are at most
+1 + the tools' `max_uses` steps (SERVER_TOOL_USES, `METER_RESERVE_SERVER_TOOL_USES`, per tool without
+`max_uses`), and never more than SERVER_LOOP_STEPS (the API pauses the turn there). Each tool's
+uses are reserved at its per-unit fee. Compaction (`context_management`) may add a summarising step
+before each of them. Output is `max_tokens` (twice with compaction), at the output price.
 
-Output is `max_tokens`, the most the model may produce. Cache writes may cost more than plain
-input, so a body that mentions `cache_control` reserves its input at the dearest input price.
-
-So the overspend of a budget is bounded by the estimate's error on input text of the requests in
-flight when it runs out, and is zero for typical English text and code.
+Prices: cache writes may cost more than plain input, so when any `cache_control` asks for caching
+the input is reserved at the dearest input price (1h when any asks for 1h); long-context prices
+when a step may pass their threshold; and the largest multiplier the call may be billed with: the
+inference geo it names (else the dearest one, as the workspace default may apply), the service
+tier it names (else the dearest), the speed it names.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
-import msgspec
+from meter.pricing import MILLION, MULTIPLIED_BY, Price
 
-from meter.pricing import MILLION, Price
-
-BYTES_PER_TOKEN = 3
-IMAGE_TOKENS = 1_600
-
-
-def input_tokens(body: bytes) -> int:
-    if b'"base64"' not in body:
-        return -(-len(body) // BYTES_PER_TOKEN)
-    excluded, images = _base64_payloads(msgspec.json.decode(body))
-    return -(-(len(body) - excluded) // BYTES_PER_TOKEN) + images * IMAGE_TOKENS
+IMAGE_TOKENS = 4_800
+TOOL_PROMPT_TOKENS = 1_000
+SERVER_TOOL_USES = 10
+SERVER_LOOP_STEPS = 10
+# The window assumed for a model whose price does not say its own (the largest Claude has).
+DEFAULT_CONTEXT_WINDOW = 1_000_000
+# Tool types the client runs itself: no loop inside the call.
+CLIENT_TOOL_PREFIXES = ("custom", "bash_", "text_editor_", "computer_", "memory_")
 
 
-def _base64_payloads(node: Any) -> tuple[int, int]:
-    """(bytes of base64 image data, number of images) anywhere in the request."""
-    excluded = images = 0
-    if isinstance(node, dict):
+@dataclass
+class RequestShape:
+    """What the reservation needs to know of a request body, read in one walk of it."""
+
+    body_bytes: int = 0
+    # Bytes of base64 payloads (images, PDFs): not text, counted by their kind instead.
+    payload_bytes: int = 0
+    images: int = 0
+    unmeasured: int = 0
+    caches: bool = False
+    cache_1h: bool = False
+    tools: bool = False
+    # Server tools in the request and the uses each may make ({"web_search": [5]}: one web search
+    # tool with max_uses 5); None for a tool without max_uses.
+    server_tools: dict[str, list[int | None]] = field(default_factory=dict)
+    compaction: bool = False
+    inference_geo: str | None = None
+    service_tier: str | None = None
+    speed: str | None = None
+
+    @property
+    def text_tokens(self) -> int:
+        return max(0, self.body_bytes - self.payload_bytes)
+
+
+def shape_of(document: dict[str, Any], body_bytes: int) -> RequestShape:
+    shape = RequestShape(body_bytes=body_bytes)
+    for name in ("inference_geo", "service_tier", "speed"):
+        value = document.get(name)
+        if isinstance(value, str):
+            setattr(shape, name, value)
+    tools = document.get("tools")
+    if isinstance(tools, list) and tools:
+        shape.tools = True
+        for tool in tools:
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if isinstance(kind, str) and not kind.startswith(CLIENT_TOOL_PREFIXES):
+                uses = tool.get("max_uses")
+                limit = uses if isinstance(uses, int) and not isinstance(uses, bool) and uses >= 0 else None
+                shape.server_tools.setdefault(kind.split("_20")[0], []).append(limit)
+    if isinstance(document.get("mcp_servers"), list) and document["mcp_servers"]:
+        shape.server_tools.setdefault("mcp", []).append(None)
+    shape.compaction = document.get("context_management") is not None
+    _walk(document, shape)
+    return shape
+
+
+def _walk(document: Any, shape: RequestShape) -> None:
+    """Images, unmeasurable content and cache controls anywhere in the body, without recursion."""
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        control = node.get("cache_control")
+        if control is not None:
+            shape.caches = True
+            shape.cache_1h = shape.cache_1h or (isinstance(control, dict) and control.get("ttl") == "1h")
+        kind = node.get("type")
         source = node.get("source")
-        if node.get("type") == "image" and isinstance(source, dict) and source.get("type") == "base64":
-            return len(str(source.get("data", ""))), 1
-        for value in node.values():
-            more, found = _base64_payloads(value)
-            excluded, images = excluded + more, images + found
-    elif isinstance(node, list):
-        for value in node:
-            more, found = _base64_payloads(value)
-            excluded, images = excluded + more, images + found
-    return excluded, images
+        source_kind = source.get("type") if isinstance(source, dict) else None
+        if source_kind == "base64" and isinstance(source, dict) and kind in ("image", "document"):
+            shape.payload_bytes += len(str(source.get("data", "")))
+        if kind == "image":
+            shape.images += 1
+            continue
+        if kind == "document" and source_kind in ("base64", "url", "file"):
+            shape.unmeasured += 1
+            continue
+        if kind == "container_upload":
+            shape.unmeasured += 1
+        stack.extend(node.values())
 
 
-def worst_case_usd(price: Price, input_estimate: int, max_tokens: int, caches: bool) -> Any:
-    input_price = price.input_per_mtok
-    if caches:
-        input_price = max(input_price, price.cache_write_5m_per_mtok, price.cache_write_1h_per_mtok)
-    return (input_estimate * input_price + max_tokens * price.output_per_mtok) / MILLION
+@dataclass(frozen=True)
+class WorstCase:
+    tokens: int
+    usd: Decimal
+
+
+def worst_case(
+    price: Price | None,
+    shape: RequestShape,
+    max_tokens: int,
+    image_tokens: int = IMAGE_TOKENS,
+    default_uses: int = SERVER_TOOL_USES,
+) -> WorstCase:
+    window = (price.context_window if price else None) or DEFAULT_CONTEXT_WINDOW
+    first = shape.text_tokens + shape.images * image_tokens + (TOOL_PROMPT_TOKENS if shape.tools else 0)
+    first = min(window, window if shape.unmeasured else first)
+    uses = {
+        family: sum(default_uses if limit is None else limit for limit in limits)
+        for family, limits in shape.server_tools.items()
+    }
+    steps = min(SERVER_LOOP_STEPS, 1 + sum(uses.values())) if uses else 1
+    if shape.compaction:
+        steps *= 2
+    output = max_tokens
+    if price is not None and price.max_output_tokens:
+        output = min(output, price.max_output_tokens)
+    output *= 2 if shape.compaction else 1
+    tokens = first + (steps - 1) * window + output
+    if price is None:
+        return WorstCase(tokens, Decimal(0))
+    long_tier = price.long_context
+    may_be_long = long_tier is not None and (
+        first > long_tier.above_input_tokens or (steps > 1 and window > long_tier.above_input_tokens)
+    )
+    prices = long_tier.prices if may_be_long and long_tier is not None else price.tokens
+    input_price = prices.dearest_input if shape.caches else prices.input_per_mtok
+    token_usd = ((first + (steps - 1) * window) * input_price + output * prices.output_per_mtok) / MILLION
+    fee_of = price.server_tool_fees
+    fees = sum((count * fee_of.get(f"{family}_requests", Decimal(0)) for family, count in uses.items()), Decimal(0))
+    return WorstCase(tokens, token_usd * _dearest_multiplier(price, shape) + fees)
+
+
+def _dearest_multiplier(price: Price, shape: RequestShape) -> Decimal:
+    """The largest product of multipliers the call may be billed with (module docstring)."""
+    product = Decimal(1)
+    for name in MULTIPLIED_BY:
+        factors = price.multipliers.get(name, {})
+        named = getattr(shape, name)
+        if name == "service_tier" and named == "auto":
+            named = None  # the API picks the tier: any of them may apply
+        if named is not None:
+            product *= factors.get(named, Decimal(1))
+        elif name != "speed":  # a call runs fast only if it asks to
+            product *= max([Decimal(1), *(factor for value, factor in factors.items() if value != "batch")])
+    return product

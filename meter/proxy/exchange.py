@@ -11,6 +11,7 @@ from decimal import Decimal
 from meter.db.rows import Settlement
 from meter.money import decimal_text
 from meter.proxy.auth import Caller
+from meter.proxy.estimate import RequestShape
 from meter.usage import Usage
 
 
@@ -47,6 +48,8 @@ class Exchange:
     model: str | None = None
     stream: bool = False
     max_tokens: int = 0
+    # What the reservation and the pricing read of a billed request's body.
+    shape: RequestShape | None = None
     # Read from the answer.
     response_model: str | None = None
     status: int = 0

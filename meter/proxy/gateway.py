@@ -132,7 +132,7 @@ class Gateway:
         call = await handler.prepare(exchange, request)
         if not self.recorder.ledger.accepting:
             raise Overloaded("meter cannot record usage right now; try again shortly.")
-        await self.limiter.reserve(exchange, call)
+        await self.limiter.reserve(exchange)
         try:
             upstream = await self.upstream.send(call)
         except UpstreamTimeout:

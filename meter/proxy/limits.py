@@ -29,7 +29,6 @@ from meter.money import decimal_text
 from meter.pricing import PriceTable
 from meter.proxy import estimate
 from meter.proxy.exchange import Exchange, Hold
-from meter.proxy.handler import UpstreamRequest
 
 log = logging.getLogger("meter.limits")
 
@@ -51,8 +50,17 @@ PERIOD_WORDS = {
 
 class Limiter:
     def __init__(
-        self, engine: AsyncEngine, hot_engine: AsyncEngine, prices: PriceTable, metrics: Metrics, hold_ttl_s: float
+        self,
+        engine: AsyncEngine,
+        hot_engine: AsyncEngine,
+        prices: PriceTable,
+        metrics: Metrics,
+        hold_ttl_s: float,
+        image_tokens: int = estimate.IMAGE_TOKENS,
+        server_tool_uses: int = estimate.SERVER_TOOL_USES,
     ) -> None:
+        self._image_tokens = image_tokens
+        self._tool_uses = server_tool_uses
         self._engine = engine
         self._hot_engine = hot_engine
         self._prices = prices
@@ -61,12 +69,12 @@ class Limiter:
         # Identifies this process's holds, renewed while it lives.
         self.owner = "proc_" + secrets.token_hex(6)
 
-    async def reserve(self, exchange: Exchange, call: UpstreamRequest) -> None:
+    async def reserve(self, exchange: Exchange) -> None:
         """Reserve the worst case for `exchange`, or raise the error the tenant should see."""
         caller = exchange.caller
         if not caller.limit_subjects:
             return
-        tokens, usd = self._worst_case(exchange, call.body)
+        tokens, usd = self._worst_case(exchange)
         hold_id = "hold_" + exchange.request_id
         arguments = {
             "hold": hold_id,
@@ -95,20 +103,17 @@ class Limiter:
         exchange.hold = Hold(hold_id, exchange.request_id, caller.limit_subjects, answer["day"], answer["month"])
         exchange.response_headers = ratelimit_headers(answer)
 
-    def _worst_case(self, exchange: Exchange, body: bytes) -> tuple[int, Decimal]:
-        if not exchange.billed:
-            return 0, Decimal(0)  # count_tokens is free: it counts against request limits only
-        input_estimate, max_tokens = estimate.input_tokens(body), exchange.max_tokens
+    def _worst_case(self, exchange: Exchange) -> tuple[int, Decimal]:
+        if not exchange.billed or exchange.shape is None:
+            return 0, Decimal(0)  # count_tokens and models are free: they count against request limits only
         price = self._prices.price_at(exchange.model, datetime.now(UTC))
-        if price is None:
-            if exchange.caller.needs_price:
-                raise InvalidRequest(
-                    f"model: {exchange.model!r} has no price in meter, so it cannot be used with a budget or "
-                    "prepaid credit. Ask your provider to add a price for it."
-                )
-            return input_estimate + max_tokens, Decimal(0)
-        usd = estimate.worst_case_usd(price, input_estimate, max_tokens, b"cache_control" in body)
-        return input_estimate + max_tokens, usd
+        if price is None and exchange.caller.needs_price:
+            raise InvalidRequest(
+                f"model: {exchange.model!r} has no price in meter, so it cannot be used with a budget or "
+                "prepaid credit. Ask your provider to add a price for it."
+            )
+        bound = estimate.worst_case(price, exchange.shape, exchange.max_tokens, self._image_tokens, self._tool_uses)
+        return bound.tokens, bound.usd
 
     async def housekeeping(self) -> None:
         """Renew this process's holds and release holds whose process died; runs until cancelled."""

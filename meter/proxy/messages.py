@@ -11,7 +11,7 @@ from meter.proxy.request import read_document, read_fields
 class Messages(Anthropic):
     async def prepare(self, exchange: Exchange, request: TenantRequest) -> UpstreamRequest:
         document = await read_document(request.body)
-        read_fields(exchange, document)
+        read_fields(exchange, document, len(request.body))
         return UpstreamRequest(
             request.method, request.path, request.query, request.forward_headers, request.body, document
         )

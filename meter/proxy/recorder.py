@@ -9,11 +9,13 @@ from decimal import Decimal
 from meter.db.rows import LedgerRow
 from meter.ledger import LedgerWriter
 from meter.metrics import Metrics
-from meter.pricing import PriceTable
+from meter.money import decimal_text
+from meter.pricing import Cost, PriceTable
 from meter.proxy.exchange import Exchange
 
 # Stop reasons, error types and request ids are short; an upstream that sends more is cut.
 MAX_TEXT = 256
+FREE = Cost(Decimal(0), {}, False)
 
 
 class Recorder:
@@ -24,23 +26,20 @@ class Recorder:
 
     def record(self, exchange: Exchange) -> None:
         duration = time.perf_counter() - exchange.started
+        _complete(exchange)
         cost = self._cost(exchange)
+        total = None if cost is None else cost.total
         hold = exchange.hold
-        settlement = hold.settlement(exchange.usage.total_tokens, cost) if hold else None
+        settlement = hold.settlement(exchange.usage.total_tokens, total) if hold else None
         self.ledger.record(_row(exchange, duration, cost), settlement)
-        self._observe(exchange, duration, cost)
+        self._observe(exchange, duration, total)
 
-    def _cost(self, exchange: Exchange) -> Decimal | None:
+    def _cost(self, exchange: Exchange) -> Cost | None:
         usage = exchange.usage
-        if not exchange.billed or usage.total_tokens == 0:
-            return Decimal(0)
-        # The model the tenant asked for; else the one the upstream answered with (an alias
-        # may resolve to a dated snapshot that has the price).
-        for model in (exchange.model, exchange.response_model):
-            cost = self.prices.cost(model, exchange.started_at, usage)
-            if cost is not None:
-                return cost
-        return None
+        if not exchange.billed or (usage.total_tokens == 0 and not usage.server_tool_use):
+            return FREE
+        price = self.prices.price_of_call(exchange.model, exchange.response_model, exchange.started_at)
+        return None if price is None else price.cost(usage)
 
     def _observe(self, exchange: Exchange, duration: float, cost: Decimal | None) -> None:
         m = self._metrics
@@ -69,9 +68,22 @@ class Recorder:
             m.cost.labels(tenant, model).inc(float(cost))
 
 
-def _row(exchange: Exchange, duration: float, cost: Decimal | None) -> LedgerRow:
+def _complete(exchange: Exchange) -> None:
+    """What the answer left out of the usage, from the request: a fast or geo-pinned call whose
+    reply does not say how it ran is billed as it asked; cache writes of unknown TTL at 1h when it
+    asked for a 1h cache."""
+    usage, shape = exchange.usage, exchange.shape
+    if shape is None:
+        return
+    usage.writes_default_1h = shape.cache_1h
+    usage.speed = usage.speed or shape.speed
+    if usage.inference_geo is None and shape.inference_geo is not None:
+        usage.inference_geo = shape.inference_geo
+
+
+def _row(exchange: Exchange, duration: float, cost: Cost | None) -> LedgerRow:
     usage = exchange.usage
-    five_minute, one_hour = usage.cache_write_split()
+    counters = usage.billed_counters()
     return LedgerRow(
         request_id=exchange.request_id,
         tenant_id=exchange.caller.tenant_id,
@@ -81,13 +93,19 @@ def _row(exchange: Exchange, duration: float, cost: Decimal | None) -> LedgerRow
         stream=exchange.stream,
         status=exchange.status,
         error_type=_text(exchange.error_type),
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_creation_input_tokens=usage.cache_creation_input_tokens,
-        cache_creation_5m_input_tokens=five_minute,
-        cache_creation_1h_input_tokens=one_hour,
-        cache_read_input_tokens=usage.cache_read_input_tokens,
-        cost_usd=cost,
+        **counters,
+        server_tool_use=usage.server_tool_use or None,
+        service_tier=_text(usage.service_tier),
+        inference_geo=_text(usage.inference_geo),
+        speed=_text(usage.speed),
+        iterations=usage.iterations,
+        usage_extra=usage.extra or None,
+        response_model=_text(exchange.response_model),
+        cost_usd=None if cost is None else cost.total,
+        fees={name: {"units": units, "usd": decimal_text(usd)} for name, (units, usd) in cost.fees.items()}
+        if cost is not None and cost.fees
+        else None,
+        long_context=cost is not None and cost.long_context,
         partial=exchange.partial,
         stop_reason=_text(exchange.stop_reason),
         upstream_request_id=_text(exchange.upstream_request_id),

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from meter.errors import InvalidRequest, PermissionDenied, RequestTimeout, RequestTooLarge
+from meter.proxy.estimate import shape_of
 from meter.proxy.exchange import Exchange
 
 # A body declared larger than this is not even discarded to its end: its connection is closed.
@@ -110,7 +111,7 @@ def _shape(document: Any) -> tuple[int, int]:
     return keys, depth
 
 
-def read_fields(exchange: Exchange, document: dict[str, Any]) -> None:
+def read_fields(exchange: Exchange, document: dict[str, Any], body_bytes: int) -> None:
     """Check the fields meter relies on and note them on `exchange`: the model (which the key must
     be allowed to use), whether the call streams, and `max_tokens` (0 when absent: the upstream
     refuses that itself)."""
@@ -130,6 +131,8 @@ def read_fields(exchange: Exchange, document: dict[str, Any]) -> None:
     exchange.model = model
     exchange.stream = exchange.billed and stream is True
     exchange.max_tokens = max_tokens
+    if exchange.billed:
+        exchange.shape = shape_of(document, body_bytes)
     allowed = exchange.caller.allowed_models
     if allowed is not None and model not in allowed:
         raise PermissionDenied(f"This API key is not allowed to use model {model!r}.")

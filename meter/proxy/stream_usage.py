@@ -2,7 +2,7 @@
 
 Chunks are fed as they pass through the proxy, split anywhere (meter.sse splits them into
 events); unknown events are skipped. Only `message_start`, `message_delta` and `error` are decoded; the
-many `content_block_delta` events are counted, not parsed, to keep the proxy cheap.
+many `content_block_delta` events are counted and measured, not parsed, to keep the proxy cheap.
 """
 
 from __future__ import annotations
@@ -14,6 +14,12 @@ from meter.usage import Usage
 
 _decode = msgspec.json.decode
 _WANTED = frozenset({"message_start", "message_delta", "message_stop", "error"})
+# A content delta's JSON around its text, thinking or partial tool input, about:
+# {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":""}}
+DELTA_ENVELOPE_BYTES = 80
+# Claude's tokenizers average 3.5 to 4 bytes of English per token: a cut stream's output is
+# estimated at one token per BYTES_PER_TOKEN bytes it delivered (and at least one per delta).
+BYTES_PER_TOKEN = 4
 
 
 class StreamUsageReader:
@@ -26,6 +32,7 @@ class StreamUsageReader:
         self.saw_delta = False
         self.saw_stop = False
         self.delta_events = 0
+        self.delta_bytes = 0
         self._events = SSEEvents()
 
     def feed(self, chunk: bytes) -> None:
@@ -35,6 +42,7 @@ class StreamUsageReader:
     def _dispatch(self, event: str, data: bytes) -> None:
         if event == "content_block_delta":
             self.delta_events += 1
+            self.delta_bytes += len(data)
             return
         if event and event not in _WANTED:
             return
@@ -63,6 +71,7 @@ class StreamUsageReader:
             self.error_type = error.get("type", "error") if isinstance(error, dict) else "error"
         elif kind == "content_block_delta":
             self.delta_events += 1
+            self.delta_bytes += len(data)
 
     @property
     def complete(self) -> bool:
@@ -72,11 +81,13 @@ class StreamUsageReader:
     def final_usage(self) -> tuple[Usage, bool]:
         """The usage to record and whether it is partial.
 
-        Without a message_delta, output_tokens is only message_start's placeholder; each content
-        delta carries at least one token, so their count is a floor that never records $0 for a
-        stream that produced text.
+        Without a message_delta, output_tokens is only message_start's placeholder: the output is
+        then estimated from what the client received (text, thinking and tool input bytes), at
+        least one token per delta, so a stream that produced content never records $0.
         """
         if self.complete:
             return self.usage, False
-        self.usage.output_tokens = max(self.usage.output_tokens, self.delta_events)
+        content = max(0, self.delta_bytes - self.delta_events * DELTA_ENVELOPE_BYTES)
+        received = max(self.delta_events, -(-content // BYTES_PER_TOKEN))
+        self.usage.output_tokens = max(self.usage.output_tokens, received)
         return self.usage, True

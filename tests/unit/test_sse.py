@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from meter.proxy.stream_usage import StreamUsageReader
+from meter.proxy.stream_usage import BYTES_PER_TOKEN, DELTA_ENVELOPE_BYTES, StreamUsageReader
 
 # A stream in Anthropic's exact format (shared/anthropic-protocol.md section 3), with thinking,
 # text, tool use, a ping, a multi-byte character, and cumulative message_delta usage.
@@ -113,7 +115,23 @@ def test_error_event_before_message_delta_is_partial_with_a_floor_on_output() ->
     assert partial is True
     assert reader.error_type == "overloaded_error"
     assert usage.input_tokens == 19 and usage.cache_read_input_tokens == 2048
-    assert usage.output_tokens == 2  # two content deltas seen: never the placeholder of 1, never 0
+    # Estimated from what the client received: its deltas' bytes past their JSON envelope, 4 per token,
+    # and never below one token per delta (never the placeholder of 1, never 0).
+    deltas = [line[6:] for line in stream.split(b"\n") if line.startswith(b'data: {"type":"content_block_delta"')]
+    content = sum(len(data) for data in deltas) - DELTA_ENVELOPE_BYTES * len(deltas)
+    assert usage.output_tokens == max(len(deltas), math.ceil(max(0, content) / BYTES_PER_TOKEN)) >= 2
+
+
+def test_a_stream_cut_after_long_deltas_is_estimated_from_their_text_not_their_count() -> None:
+    start = RECORDED[: RECORDED.index(b"event: content_block_start")]
+    word = "token "  # 6 bytes
+    deltas = b"".join(
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta",'
+        b'"text":"' + (word * 700).encode() + b'"}}\n\n'
+        for _ in range(50)
+    )
+    usage, partial = read(start + deltas).final_usage()
+    assert partial and usage.output_tokens >= 50 * 700 * len(word) // BYTES_PER_TOKEN - 50 * DELTA_ENVELOPE_BYTES
 
 
 def test_stream_cut_mid_event_is_partial() -> None:
