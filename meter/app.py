@@ -88,6 +88,7 @@ def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -
         settings.hold_ttl_s,
         settings.reserve_image_tokens,
         settings.reserve_server_tool_uses,
+        settings.reserve_tool_result_tokens,
     )
     gate = Gate(metrics, settings.max_in_flight, settings.tenant_max_in_flight, settings.tenant_max_drains)
     gateway = Gateway(

@@ -80,6 +80,9 @@ class Settings:
     # and uses of a server tool that names no max_uses.
     reserve_image_tokens: int = 4_800
     reserve_server_tool_uses: int = 10
+    # Tokens of results one server-tool step may add; None: the model's context window (the true
+    # bound). An operator who knows its tools' results are smaller may bound them, and vouches for it.
+    reserve_tool_result_tokens: int | None = None
     # Browser origins allowed to call the tenant endpoints (comma-separated, or *); none by default.
     cors_origins: str = ""
     # Failed authentications an address may make per minute (per process) before it is refused.
@@ -198,4 +201,5 @@ ENV_FIELDS: dict[str, type] = {
     "cors_origins": str,
     "reserve_image_tokens": int,
     "reserve_server_tool_uses": int,
+    "reserve_tool_result_tokens": int,
 }

@@ -226,4 +226,7 @@ def _statement(args: argparse.Namespace) -> None:
     else:
         print(f"Statement for {report.tenant_name} ({report.tenant_id}), {report.month}, {report.currency}\n")
         emit(report.lines, "table")
+        if report.fees:
+            print("\nFees:")
+            emit(report.fees, "table")
         print(f"\nTotal: ${report.total_usd}")

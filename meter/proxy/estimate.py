@@ -14,11 +14,14 @@ Input of the first sampling step:
 The first step is never more than the context window (a longer request fails, at no cost).
 
 Server tools (web search, web fetch, code execution, tool search, MCP servers) loop inside one
-call: every further sampling step may read up to the whole context window. There are at most
-1 + the tools' `max_uses` steps (SERVER_TOOL_USES, `METER_RESERVE_SERVER_TOOL_USES`, per tool without
-`max_uses`), and never more than SERVER_LOOP_STEPS (the API pauses the turn there). Each tool's
-uses are reserved at its per-unit fee. Compaction (`context_management`) may add a summarising step
-before each of them. Output is `max_tokens` (twice with compaction), at the output price.
+call: each further sampling step reads what the one before read, plus that step's output and its
+tools' results, which meter cannot know: the whole context window per step by default, or
+`METER_RESERVE_TOOL_RESULT_TOKENS` per step when the operator bounds them (a ceiling the operator
+then vouches for). There are at most 1 + the tools' `max_uses` steps (SERVER_TOOL_USES,
+`METER_RESERVE_SERVER_TOOL_USES`, per tool without `max_uses`), and never more than
+SERVER_LOOP_STEPS (the API pauses the turn there). Each tool's uses are reserved at its per-unit
+fee. Compaction (`context_management`) may add a summarising step before each step, reading up to
+the window. Output is `max_tokens` for the whole call (twice with compaction), at the output price.
 
 Prices: cache writes may cost more than plain input, so when any `cache_control` asks for caching
 the input is reserved at the dearest input price (1h when any asks for 1h); long-context prices
@@ -134,6 +137,7 @@ def worst_case(
     max_tokens: int,
     image_tokens: int = IMAGE_TOKENS,
     default_uses: int = SERVER_TOOL_USES,
+    tool_result_tokens: int | None = None,
 ) -> WorstCase:
     window = (price.context_window if price else None) or DEFAULT_CONTEXT_WINDOW
     first = shape.text_tokens + shape.images * image_tokens + (TOOL_PROMPT_TOKENS if shape.tools else 0)
@@ -143,13 +147,16 @@ def worst_case(
         for family, limits in shape.server_tools.items()
     }
     steps = min(SERVER_LOOP_STEPS, 1 + sum(uses.values())) if uses else 1
-    if shape.compaction:
-        steps *= 2
     output = max_tokens
     if price is not None and price.max_output_tokens:
         output = min(output, price.max_output_tokens)
-    output *= 2 if shape.compaction else 1
-    tokens = first + (steps - 1) * window + output
+    # Each further step reads what the one before read, plus its output and its tools' results
+    # (at most the whole window, unless the operator bounds a tool result: TOOL_RESULT_TOKENS).
+    growth = (tool_result_tokens or window) + output
+    read = sum(min(window, first + step * growth) for step in range(steps))
+    if shape.compaction:  # a summarising step before each, reading up to the window, writing up to max_tokens
+        read, output, steps = read + steps * window, output * 2, steps * 2
+    tokens = read + output
     if price is None:
         return WorstCase(tokens, Decimal(0))
     long_tier = price.long_context
@@ -158,7 +165,7 @@ def worst_case(
     )
     prices = long_tier.prices if may_be_long and long_tier is not None else price.tokens
     input_price = prices.dearest_input if shape.caches else prices.input_per_mtok
-    token_usd = ((first + (steps - 1) * window) * input_price + output * prices.output_per_mtok) / MILLION
+    token_usd = (read * input_price + output * prices.output_per_mtok) / MILLION
     fee_of = price.server_tool_fees
     fees = sum((count * fee_of.get(f"{family}_requests", Decimal(0)) for family, count in uses.items()), Decimal(0))
     return WorstCase(tokens, token_usd * _dearest_multiplier(price, shape) + fees)

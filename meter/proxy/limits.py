@@ -58,9 +58,11 @@ class Limiter:
         hold_ttl_s: float,
         image_tokens: int = estimate.IMAGE_TOKENS,
         server_tool_uses: int = estimate.SERVER_TOOL_USES,
+        tool_result_tokens: int | None = None,
     ) -> None:
         self._image_tokens = image_tokens
         self._tool_uses = server_tool_uses
+        self._tool_result_tokens = tool_result_tokens
         self._engine = engine
         self._hot_engine = hot_engine
         self._prices = prices
@@ -112,7 +114,9 @@ class Limiter:
                 f"model: {exchange.model!r} has no price in meter, so it cannot be used with a budget or "
                 "prepaid credit. Ask your provider to add a price for it."
             )
-        bound = estimate.worst_case(price, exchange.shape, exchange.max_tokens, self._image_tokens, self._tool_uses)
+        bound = estimate.worst_case(
+            price, exchange.shape, exchange.max_tokens, self._image_tokens, self._tool_uses, self._tool_result_tokens
+        )
         return bound.tokens, bound.usd
 
     async def housekeeping(self) -> None:

@@ -254,14 +254,15 @@ def test_statement_total_equals_the_ledger_to_the_last_digit(admin: Admin, meter
             + line["cache_read_tokens"] * Decimal(line["cache_read_per_mtok"])
             + line["output_tokens"] * Decimal(line["output_per_mtok"])
         ) / 1_000_000
-        assert Decimal(line["cost_usd"]) == priced  # tokens x unit prices, exactly the rows' costs
+        # tokens x unit prices x the multiplier of how they ran, exactly the rows' costs
+        assert Decimal(line["cost_usd"]) == priced * Decimal(line["multiplier"])
 
     response = admin.request(
         "GET", f"/admin/tenants/{tenant['id']}/statement", params={"month": month, "format": "csv"}
     )
     assert response.headers["content-type"].startswith("text/csv")
     table = list(csv.DictReader(io.StringIO(response.text)))
-    assert table[-1]["model"] == "TOTAL"
+    assert table[-1]["model"] == "TOTAL" and {line["item"] for line in table[:-1]} == {"tokens"}
     assert Decimal(table[-1]["cost_usd"]) == ledger_total
     assert sum(Decimal(line["cost_usd"]) for line in table[:-1]) == ledger_total
     bad = admin.request("GET", f"/admin/tenants/{tenant['id']}/statement", params={"month": "2026-13"})

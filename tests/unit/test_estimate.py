@@ -117,6 +117,16 @@ def test_a_server_tool_without_max_uses_is_reserved_at_the_default_and_the_loop_
     assert bound.usd == (first + (SERVER_LOOP_STEPS - 1) * 200_000) * 3 / D(1_000_000) + 25 * D("0.01")
 
 
+def test_an_operator_bound_on_tool_results_tightens_the_loop_and_never_passes_the_window() -> None:
+    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 2}
+    found = shape({"type": "text", "text": "hi"}, tools=[search], inference_geo="global", service_tier="standard_only")
+    first = found.text_tokens + TOOL_PROMPT_TOKENS
+    # three steps, each reading the one before's input plus 64 output and 20,000 result tokens
+    assert worst_case(PRICE, found, 64, tool_result_tokens=20_000).tokens == 3 * first + 3 * 20_064 + 64
+    # past the window, a step reads the whole window, no more
+    assert worst_case(PRICE, found, 64, tool_result_tokens=150_000).tokens == first + (first + 150_064) + 200_000 + 64
+
+
 def test_caching_reserves_input_at_the_dearest_input_price_read_from_the_parsed_body() -> None:
     # The key spelt with a JSON escape is the same key once parsed.
     escaped = json.loads('{"type": "text", "text": "hi", "cache_\\u0063ontrol": {"type": "ephemeral", "ttl": "1h"}}')
