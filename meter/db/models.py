@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -203,6 +204,8 @@ holds = Table(
     Column("tokens", BigInteger, nullable=False),
     Column("usd", Money, nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+    # Whether the hold takes a concurrency slot (a request does; a batch, running for hours, does not).
+    Column("slot", Boolean, nullable=False, server_default="true"),
 )
 
 credit_transactions = Table(
@@ -256,4 +259,50 @@ meter_settings = Table(
     metadata,
     Column("name", Text, primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+# Message batches, each owned by the tenant (and key) that created it: another tenant's id is a
+# missing one. `object` is the upstream's batch object as last seen (lists are answered from here);
+# the reservation of the batch's worst case is `hold_*`, settled when its results are billed, once
+# (`billed_at`), by whichever process holds the billing lease (`billing_owner` until `billing_until`).
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False),
+    Column("key_id", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("processing_status", Text, nullable=False),
+    Column("object", JSONB, nullable=False),
+    Column("requests", Integer, nullable=False),
+    # custom_id -> the model the request asked for (what its result is priced by).
+    Column("request_models", JSONB, nullable=False),
+    Column("hold_id", Text),
+    Column("hold_subjects", ARRAY(Text)),
+    Column("hold_day", Date),
+    Column("hold_month", Date),
+    Column("checked_at", DateTime(timezone=True)),
+    Column("billing_owner", Text),
+    Column("billing_until", DateTime(timezone=True)),
+    Column("billed_at", DateTime(timezone=True)),
+    Column("billed_rows", Integer),
+    Column("deleted_at", DateTime(timezone=True)),
+    Index("ix_batches_tenant_id_id", "tenant_id", "id"),
+    Index("ix_batches_unbilled", "billed_at", postgresql_where=text("billed_at IS NULL")),
+)
+
+# Files uploaded through meter, each owned by the tenant that uploaded it; a file_id in any request
+# body must be the caller's own.
+files = Table(
+    "files",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False),
+    Column("key_id", Text, nullable=False),
+    Column("filename", Text),
+    Column("mime_type", Text),
+    Column("size_bytes", BigInteger),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("deleted_at", DateTime(timezone=True)),
+    Index("ix_files_tenant_id_id", "tenant_id", "id"),
 )
