@@ -39,6 +39,7 @@ from meter.proxy.endpoints import ENDPOINTS
 from meter.proxy.forward import Upstream
 from meter.proxy.gate import Gate
 from meter.proxy.gateway import Gateway
+from meter.proxy.handler import Services
 from meter.proxy.limits import Limiter
 from meter.proxy.recorder import Recorder
 from meter.proxy.routes import ProxyRoutes
@@ -101,6 +102,7 @@ def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -
         settings.max_body_bytes,
         settings.body_timeout_s,
         settings.disconnect_drain_s,
+        Services(engine, settings.public_url),
     )
     return Parts(settings, engine, hot_engine, metrics, prices, hasher, keys, upstream, ledger, gateway)
 

@@ -83,6 +83,9 @@ class Settings:
     # Tokens of results one server-tool step may add; None: the model's context window (the true
     # bound). An operator who knows its tools' results are smaller may bound them, and vouches for it.
     reserve_tool_result_tokens: int | None = None
+    # meter's URL as tenants reach it, for URLs it hands out (a batch's results_url); unset: the
+    # scheme-less http://<Host header> of each request.
+    public_url: str | None = None
     # Browser origins allowed to call the tenant endpoints (comma-separated, or *); none by default.
     cors_origins: str = ""
     # Failed authentications an address may make per minute (per process) before it is refused.
@@ -199,6 +202,7 @@ ENV_FIELDS: dict[str, type] = {
     "metrics_address": str,
     "auth_failures_per_minute": int,
     "cors_origins": str,
+    "public_url": str,
     "reserve_image_tokens": int,
     "reserve_server_tool_uses": int,
     "reserve_tool_result_tokens": int,

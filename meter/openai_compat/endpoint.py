@@ -22,7 +22,7 @@ from meter.openai_compat.request import to_anthropic
 from meter.openai_compat.response import to_openai
 from meter.openai_compat.stream import ChunkTranslator
 from meter.proxy.exchange import Exchange
-from meter.proxy.handler import ANTHROPIC_VERSION, TenantRequest, UpstreamRequest
+from meter.proxy.handler import ANTHROPIC_VERSION, Services, TenantRequest, UpstreamRequest
 from meter.proxy.request import parse_body, read_document, read_fields
 
 
@@ -37,8 +37,9 @@ class InvalidChatRequest(InvalidRequest):
 
 class ChatCompletions:
     upstream_path = "/v1/messages"
+    passthrough = False
 
-    def __init__(self) -> None:
+    def __init__(self, services: Services | None = None) -> None:
         self._model = ""
         self._include_usage = False
         self._created = int(time.time())
@@ -60,7 +61,7 @@ class ChatCompletions:
             raise InvalidChatRequest(exc.message, exc.param, exc.code) from None
         return anthropic_body
 
-    def answer(self, status: int, body: bytes) -> tuple[int, bytes]:
+    async def answer(self, status: int, body: bytes) -> tuple[int, bytes]:
         if status != 200:
             return status, anthropic_error_to_openai(status, body)
         try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
 from meter.openai_compat.endpoint import ChatCompletions
-from meter.proxy.handler import Handler
+from meter.proxy.handler import Handler, Services
 from meter.proxy.messages import Messages
 from meter.proxy.models import Models
 
@@ -29,9 +29,13 @@ class Endpoint:
     method: str
     # Literal segments and {parameters} (PARAMETERS says what each may be).
     path: str
-    handler: Callable[[], Handler]
+    handler: Callable[[Services], Handler]
     # Generates tokens: priced, and reserved at its worst case before it is forwarded.
     billed: bool = False
+    # The body's size cap (None: METER_MAX_BODY_BYTES), and whether it is spooled to a temporary
+    # file (for bodies too large to hold in memory) instead of read into memory.
+    body_limit: int | None = None
+    spooled: bool = False
     segments: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -92,7 +92,7 @@ class Upstream:
             call.method,
             self._url(call.path, call.query),
             headers=call.headers,
-            content=call.body,
+            content=call.stream if call.stream is not None else call.body,
             extensions={"timeout": self._timeout},
         )
         try:

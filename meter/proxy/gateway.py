@@ -26,11 +26,11 @@ from meter.proxy.endpoints import Endpoint, Route
 from meter.proxy.exchange import Exchange
 from meter.proxy.forward import Upstream
 from meter.proxy.gate import Gate, overloaded
-from meter.proxy.handler import Handler, TenantRequest
+from meter.proxy.handler import Answer, Handler, Services, TenantRequest, UpstreamRequest
 from meter.proxy.limits import Limiter
 from meter.proxy.recorder import Recorder
-from meter.proxy.relay import relay_stream, relay_whole
-from meter.proxy.request import read_body
+from meter.proxy.relay import relay_raw, relay_stream, relay_whole, send_answer
+from meter.proxy.request import read_body, spool_body
 
 log = logging.getLogger("meter.proxy")
 
@@ -47,7 +47,9 @@ class Gateway:
         max_body_bytes: int,
         body_timeout_s: float,
         drain_s: float,
+        services: Services,
     ) -> None:
+        self.services = services
         self.keys = keys
         self.limiter = limiter
         self.upstream = upstream
@@ -61,7 +63,7 @@ class Gateway:
     async def handle(self, scope: Any, receive: Any, send: Any, route: Route) -> None:
         request_id = new_id("req")
         endpoint = route.endpoint
-        handler = (endpoint or route.allowed[0]).handler()
+        handler = (endpoint or route.allowed[0]).handler(self.services)
 
         async def refuse(error: MeterError) -> None:
             await send_error(send, error, request_id, handler.error(error, request_id))
@@ -120,6 +122,12 @@ class Gateway:
         receive: Any,
         send: Any,
     ) -> None:
+        limit = endpoint.body_limit or self._max_body_bytes
+        body, spool = b"", None
+        if endpoint.spooled:
+            spool = await spool_body(incoming, receive, limit, self._body_timeout_s)
+        else:
+            body = await read_body(incoming, receive, limit, self._body_timeout_s)
         request = TenantRequest(
             method=scope["method"],
             path=route.path,
@@ -127,12 +135,21 @@ class Gateway:
             query=scope["query_string"],
             headers=incoming,
             forward_headers=self.upstream.request_headers(scope["headers"]),
-            body=await read_body(incoming, receive, self._max_body_bytes, self._body_timeout_s),
+            body=body,
+            spool=spool,
         )
-        call = await handler.prepare(exchange, request)
+        call: UpstreamRequest | Answer | None = None
+        try:
+            call = await handler.prepare(exchange, request)
+        finally:
+            if spool is not None and (not isinstance(call, UpstreamRequest) or call.stream is None):
+                spool.close()  # not handed on to the upstream, which closes it when sent
         if not self.recorder.ledger.accepting:
             raise Overloaded("meter cannot record usage right now; try again shortly.")
         await self.limiter.reserve(exchange)
+        if isinstance(call, Answer):
+            await send_answer(exchange, call, send)
+            return
         try:
             upstream = await self.upstream.send(call)
         except UpstreamTimeout:
@@ -149,5 +166,7 @@ class Gateway:
             exchange.stream = True
             drain = self.gate.drain_permit(exchange.caller.tenant_id)
             await relay_stream(exchange, upstream, receive, send, self._drain_s, drain, handler.stream())
+        elif handler.passthrough and upstream.status_code == 200:
+            await relay_raw(exchange, upstream, send)
         else:
             await relay_whole(exchange, upstream, send, handler.answer)

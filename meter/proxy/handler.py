@@ -3,14 +3,18 @@
 Each entry of the endpoint table names a Handler class; the gateway makes one instance per
 request (so a handler may keep what it read from the request for the answer) and calls it at
 three points: `prepare` (read the tenant's request, check what meter relies on, and say what to
-send upstream), then `answer` or `stream` (the tenant's view of the upstream's answer), and
-`error` (meter's own refusals, in the endpoint's error format).
+send upstream, or answer itself), then `answer` or `stream` (the tenant's view of the upstream's
+answer), and `error` (meter's own refusals, in the endpoint's error format). A handler is made
+with the Services it may need (the database, for what tenants own).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meter.errors import MeterError
 from meter.proxy.exchange import Exchange
@@ -35,6 +39,14 @@ class TenantRequest:
     # The headers to forward: the tenant's, filtered, with the operator's credential.
     forward_headers: Headers
     body: bytes
+    # The body of an endpoint that spools it (too large to hold in memory), instead of `body`.
+    spool: IO[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        """meter's own URL as this client reached it (for URLs meter hands out, such as results_url)."""
+        host = self.headers.get(b"host", b"localhost").decode("latin-1")
+        return f"http://{host}"
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,24 @@ class UpstreamRequest:
     body: bytes
     # The body as parsed (a JSON object), when the endpoint reads one: what the reservation reads.
     document: dict[str, Any] | None = None
+    # A body sent as it is read (a spooled upload), instead of `body`.
+    stream: AsyncIterator[bytes] | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer meter gives itself, without the upstream (lists of a tenant's own objects)."""
+
+    status: int
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Services:
+    """What handlers may use beside the request: the database, and meter's public URL if set."""
+
+    engine: AsyncEngine | None = None
+    public_url: str | None = None
 
 
 class StreamTranslator(Protocol):
@@ -59,11 +89,14 @@ class StreamTranslator(Protocol):
 
 
 class Handler(Protocol):
-    async def prepare(self, exchange: Exchange, request: TenantRequest) -> UpstreamRequest:
-        """What to send upstream; sets what the request says (model, stream, max_tokens) on
-        `exchange`; raises a MeterError to refuse the request before anything is forwarded."""
+    # True: the upstream's answer is streamed through untouched (downloads); else read whole.
+    passthrough: bool
 
-    def answer(self, status: int, body: bytes) -> tuple[int, bytes]:
+    async def prepare(self, exchange: Exchange, request: TenantRequest) -> UpstreamRequest | Answer:
+        """What to send upstream (or meter's own answer); sets what the request says (model, stream,
+        max_tokens) on `exchange`; raises a MeterError to refuse it before anything is forwarded."""
+
+    async def answer(self, status: int, body: bytes) -> tuple[int, bytes]:
         """The tenant's status and body for a whole upstream answer (a reply or an error)."""
 
     def stream(self) -> StreamTranslator | None:
@@ -76,7 +109,12 @@ class Handler(Protocol):
 class Anthropic:
     """The answer and error behaviour of endpoints that speak Anthropic's API: untouched."""
 
-    def answer(self, status: int, body: bytes) -> tuple[int, bytes]:
+    passthrough = False
+
+    def __init__(self, services: Services | None = None) -> None:
+        self.services = services or Services()
+
+    async def answer(self, status: int, body: bytes) -> tuple[int, bytes]:
         return status, body
 
     def stream(self) -> StreamTranslator | None:

@@ -11,11 +11,13 @@ import msgspec
 from meter.errors import MeterError, NotFound
 from meter.openai_compat.errors import anthropic_error_to_openai
 from meter.proxy.exchange import Exchange
-from meter.proxy.handler import ANTHROPIC_VERSION, StreamTranslator, TenantRequest, UpstreamRequest
+from meter.proxy.handler import ANTHROPIC_VERSION, Services, StreamTranslator, TenantRequest, UpstreamRequest
 
 
 class Models:
-    def __init__(self) -> None:
+    passthrough = False
+
+    def __init__(self, services: Services | None = None) -> None:
         self._allowed: frozenset[str] | None = None
         self._openai_client = False
 
@@ -32,7 +34,7 @@ class Models:
             headers = [*headers, (b"anthropic-version", ANTHROPIC_VERSION)]
         return UpstreamRequest(request.method, request.path, request.query, headers, b"")
 
-    def answer(self, status: int, body: bytes) -> tuple[int, bytes]:
+    async def answer(self, status: int, body: bytes) -> tuple[int, bytes]:
         """The list is filtered page by page."""
         return status, self._rewrite(status, body)
 

@@ -10,7 +10,7 @@ an `event: error` frame (the 200 is already sent) and the row is flagged partial
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -19,7 +19,7 @@ import msgspec
 from meter.proxy.exchange import Exchange
 from meter.proxy.forward import response_headers
 from meter.proxy.gate import DrainPermit
-from meter.proxy.handler import StreamTranslator
+from meter.proxy.handler import Answer, StreamTranslator
 from meter.proxy.stream_usage import StreamUsageReader
 
 _decode = msgspec.json.decode
@@ -41,7 +41,10 @@ def _start(
 
 
 async def relay_whole(
-    exchange: Exchange, upstream: httpx.Response, send: Any, rewrite: Callable[[int, bytes], tuple[int, bytes]]
+    exchange: Exchange,
+    upstream: httpx.Response,
+    send: Any,
+    rewrite: Callable[[int, bytes], Awaitable[tuple[int, bytes]]],
 ) -> None:
     """Relay a whole answer as `rewrite(status, body)` makes it for the tenant (another dialect,
     hidden models); usage is read from the upstream's own body."""
@@ -49,7 +52,7 @@ async def relay_whole(
         body = await upstream.aread()
     finally:
         await upstream.aclose()
-    status, answer = rewrite(upstream.status_code, body)
+    status, answer = await rewrite(upstream.status_code, body)
     exchange.status = status
     exchange.first_byte()
     await send(_start(exchange, upstream, status, len(answer)))
@@ -59,6 +62,35 @@ async def relay_whole(
         _read_json_answer(exchange, upstream.status_code, body)
     if upstream.status_code == 429 or upstream.status_code >= 500:
         exchange.upstream_error = exchange.error_type or f"http_{upstream.status_code}"
+
+
+async def relay_raw(exchange: Exchange, upstream: httpx.Response, send: Any) -> None:
+    """Stream an answer through untouched, chunk by chunk (results files, downloads): never held whole."""
+    try:
+        await send(_start(exchange, upstream))
+        async for chunk in upstream.aiter_raw():
+            exchange.first_byte()
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    except httpx.HTTPError:
+        exchange.error_type = exchange.upstream_error = "upstream_disconnected"
+    finally:
+        await upstream.aclose()
+
+
+async def send_answer(exchange: Exchange, answer: Answer, send: Any) -> None:
+    """meter's own answer (no upstream call): JSON, with the request id and rate-limit headers."""
+    exchange.status = answer.status
+    exchange.first_byte()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(answer.body)).encode()),
+        (b"request-id", exchange.request_id.encode()),
+        (b"x-meter-request-id", exchange.request_id.encode()),
+        *exchange.response_headers,
+    ]
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})
 
 
 def _read_json_answer(exchange: Exchange, status: int, body: bytes) -> None:

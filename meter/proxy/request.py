@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from typing import IO, Any
 
 import msgspec
 
@@ -18,6 +20,10 @@ from meter.proxy.exchange import Exchange
 DISCARD_LIMIT = 512 * 1024 * 1024
 # Real requests nest a few levels (a tool result in a message in the list); tool schemas a dozen.
 MAX_DEPTH = 100
+# A spooled body stays in memory up to this size, then moves to a temporary file; it is sent on in
+# chunks of this size.
+SPOOL_IN_MEMORY_BYTES = 1024 * 1024
+SPOOL_CHUNK_BYTES = 64 * 1024
 # Bodies this large are parsed off the event loop (a few milliseconds and more).
 PARSE_INLINE_BYTES = 256 * 1024
 MAX_MODEL_LENGTH = 256
@@ -32,10 +38,17 @@ async def read_body(headers: dict[bytes, bytes], receive: Any, limit: int, timeo
     discards what the client still sends, so a client that writes its whole body before reading
     still gets the 413 (past DISCARD_LIMIT the connection is closed instead). A body without a
     declared length is cut off the moment it passes `limit`, and its connection closed."""
+    chunks: list[bytes] = []
+    await _read_into(chunks.append, headers, receive, limit, timeout_s)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _read_into(
+    sink: Callable[[bytes], object], headers: dict[bytes, bytes], receive: Any, limit: int, timeout_s: float
+) -> None:
     declared = headers.get(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit, close=int(declared) > DISCARD_LIMIT)
-    chunks: list[bytes] = []
     size = 0
     while True:
         try:
@@ -49,10 +62,30 @@ async def read_body(headers: dict[bytes, bytes], receive: Any, limit: int, timeo
         size += len(chunk)
         if size > limit:
             raise _too_large(limit, close=True)
-        chunks.append(chunk)
+        sink(chunk)
         if not message.get("more_body", False):
             break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def spool_body(headers: dict[bytes, bytes], receive: Any, limit: int, timeout_s: float) -> IO[bytes]:
+    """The body, as `read_body` reads it, in a temporary file (kept in memory while small), rewound."""
+    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)  # noqa: SIM115
+    try:
+        await _read_into(spool.write, headers, receive, limit, timeout_s)
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool
+
+
+async def stream_spool(spool: IO[bytes]) -> AsyncIterator[bytes]:
+    """A spooled body as chunks to send upstream; the file is closed at the end."""
+    try:
+        while chunk := spool.read(SPOOL_CHUNK_BYTES):
+            yield chunk
+    finally:
+        spool.close()
 
 
 def _too_large(limit: int, close: bool) -> RequestTooLarge:

@@ -5,6 +5,7 @@ Pure: the SDK talks to an in-memory transport that runs meter's endpoint, no soc
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import itertools
 import json
@@ -845,7 +846,7 @@ def sdk_client(upstream: Callable[[dict[str, Any], bool], httpx2.Response]) -> o
         except MeterError as error:
             return httpx2.Response(error.status, headers=error.headers, content=endpoint.error(error, "req_test"))
         if not stream or reply.status_code != 200:
-            status, body = endpoint.answer(reply.status_code, reply.read())
+            status, body = asyncio.run(endpoint.answer(reply.status_code, reply.read()))
             return httpx2.Response(status, content=body)
         translator = endpoint.stream()
         raw = reply.read()
