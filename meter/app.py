@@ -24,6 +24,7 @@ from meter.admin.prices import PriceController
 from meter.admin.statements import StatementController
 from meter.admin.tenants import TenantController
 from meter.admin.usage import UsageController
+from meter.batches.billing import BatchBilling
 from meter.credentials import KeyHasher
 from meter.db import migrate
 from meter.db.engine import create_engine, create_hot_engine
@@ -59,6 +60,7 @@ class Parts:
     keys: KeyCache
     upstream: Upstream
     ledger: LedgerWriter
+    billing: BatchBilling
     gateway: Gateway
 
 
@@ -91,6 +93,7 @@ def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -
         settings.reserve_server_tool_uses,
         settings.reserve_tool_result_tokens,
     )
+    billing = BatchBilling(engine, upstream, ledger, prices, metrics, settings.batch_poll_s)
     gate = Gate(metrics, settings.max_in_flight, settings.tenant_max_in_flight, settings.tenant_max_drains)
     gateway = Gateway(
         keys,
@@ -102,9 +105,9 @@ def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -
         settings.max_body_bytes,
         settings.body_timeout_s,
         settings.disconnect_drain_s,
-        Services(engine, settings.public_url),
+        Services(engine, settings.public_url, limiter, billing),
     )
-    return Parts(settings, engine, hot_engine, metrics, prices, hasher, keys, upstream, ledger, gateway)
+    return Parts(settings, engine, hot_engine, metrics, prices, hasher, keys, upstream, ledger, billing, gateway)
 
 
 def create_app_from_env() -> ProxyRoutes:
@@ -129,6 +132,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             asyncio.create_task(parts.gateway.limiter.housekeeping()),
             asyncio.create_task(parts.keys.listen(database_url)),
             asyncio.create_task(report_budgets(parts.engine, parts.metrics)),
+            asyncio.create_task(parts.billing.run()),
         ]
         stop_exposition = None
         if settings.metrics_address and settings.workers == 1:

@@ -152,6 +152,18 @@ class Metrics:
         self.ledger_write_errors = Counter(
             "meter_ledger_write_errors_total", "Failed ledger batch writes (retried)", registry=registry
         )
+        self.batches_unbilled = Gauge(
+            "meter_batches_unbilled",
+            "Message batches whose results are not billed yet (in flight, or ended moments ago)",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.batch_results_billed = Counter(
+            "meter_batch_results_billed_total", "Ledger rows written for message batch results", registry=registry
+        )
+        self.batch_billing_errors = Counter(
+            "meter_batch_billing_errors_total", "Failed rounds of message batch billing (retried)", registry=registry
+        )
         # An info metric as a gauge: prometheus-client's Info does not work across processes.
         self.build = Gauge("meter_build_info", "meter version", ["version"], registry=registry, multiprocess_mode="max")
         self.build.labels(__version__).set(1)

@@ -86,6 +86,8 @@ class Settings:
     # meter's URL as tenants reach it, for URLs it hands out (a batch's results_url); unset: the
     # scheme-less http://<Host header> of each request.
     public_url: str | None = None
+    # How often the upstream is asked about each message batch not billed yet.
+    batch_poll_s: float = 30.0
     # Browser origins allowed to call the tenant endpoints (comma-separated, or *); none by default.
     cors_origins: str = ""
     # Failed authentications an address may make per minute (per process) before it is refused.
@@ -203,6 +205,7 @@ ENV_FIELDS: dict[str, type] = {
     "auth_failures_per_minute": int,
     "cors_origins": str,
     "public_url": str,
+    "batch_poll_s": float,
     "reserve_image_tokens": int,
     "reserve_server_tool_uses": int,
     "reserve_tool_result_tokens": int,

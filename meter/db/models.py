@@ -302,6 +302,8 @@ files = Table(
     Column("filename", Text),
     Column("mime_type", Text),
     Column("size_bytes", BigInteger),
+    # The upstream's metadata object (lists are answered from it).
+    Column("object", JSONB, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("deleted_at", DateTime(timezone=True)),
     Index("ix_files_tenant_id_id", "tenant_id", "id"),

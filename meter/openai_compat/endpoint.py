@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from meter.errors import InvalidRequest, MeterError
+from meter.files import check_owned
 from meter.openai_compat.errors import (
     OpenAIRequestError,
     UpstreamFormatError,
@@ -40,6 +41,7 @@ class ChatCompletions:
     passthrough = False
 
     def __init__(self, services: Services | None = None) -> None:
+        self.services = services or Services()
         self._model = ""
         self._include_usage = False
         self._created = int(time.time())
@@ -50,6 +52,8 @@ class ChatCompletions:
         body = self.request(request.body)
         document = parse_body(body)
         read_fields(exchange, document, len(body))
+        if exchange.shape is not None and exchange.shape.file_ids:
+            await check_owned(self.services.engine, exchange.caller.tenant_id, exchange.shape.file_ids)
         headers = [*request.forward_headers, (b"anthropic-version", ANTHROPIC_VERSION)]
         return UpstreamRequest("POST", self.upstream_path, b"", headers, body, document)
 

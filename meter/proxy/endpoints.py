@@ -13,13 +13,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
+from meter.batches.endpoints import (
+    MAX_BATCH_BYTES,
+    BatchCancel,
+    BatchCreate,
+    BatchDelete,
+    BatchList,
+    BatchResults,
+    BatchRetrieve,
+)
+from meter.files import MAX_UPLOAD_BYTES, FileContent, FileDelete, FileList, FileRetrieve, FileUpload
 from meter.openai_compat.endpoint import ChatCompletions
 from meter.proxy.handler import Handler, Services
 from meter.proxy.messages import Messages
 from meter.proxy.models import Models
 
 # What each kind of path parameter may be.
-PARAMETERS = {"model_id": re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,255}")}
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+PARAMETERS = {"model_id": re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,255}"), "batch_id": _ID, "file_id": _ID}
 
 
 @dataclass(frozen=True)
@@ -61,12 +72,28 @@ class Endpoint:
         return "/" + "/".join(quote(params[s[1:-1]], safe="") if s.startswith("{") else s for s in self.segments)
 
 
+# Every other upstream path is refused (404, never forwarded), by decision: the organisation and
+# admin API (`/v1/organizations/...`: the operator's whole organisation), Skills and containers
+# (`/v1/skills`, `/v1/containers`: created with the operator's key, they would be shared by every
+# tenant, with no ownership meter could enforce), and anything Anthropic adds until it is listed.
+BATCHES = "/v1/messages/batches"
 ENDPOINTS = (
     Endpoint("messages", "POST", "/v1/messages", Messages, billed=True),
     Endpoint("count_tokens", "POST", "/v1/messages/count_tokens", Messages),
     Endpoint("models", "GET", "/v1/models", Models),
     Endpoint("models", "GET", "/v1/models/{model_id}", Models),
     Endpoint("chat.completions", "POST", "/v1/chat/completions", ChatCompletions, billed=True),
+    Endpoint("batches.create", "POST", BATCHES, BatchCreate, body_limit=MAX_BATCH_BYTES, spooled=True),
+    Endpoint("batches.list", "GET", BATCHES, BatchList),
+    Endpoint("batches.retrieve", "GET", BATCHES + "/{batch_id}", BatchRetrieve),
+    Endpoint("batches.cancel", "POST", BATCHES + "/{batch_id}/cancel", BatchCancel),
+    Endpoint("batches.delete", "DELETE", BATCHES + "/{batch_id}", BatchDelete),
+    Endpoint("batches.results", "GET", BATCHES + "/{batch_id}/results", BatchResults),
+    Endpoint("files.upload", "POST", "/v1/files", FileUpload, body_limit=MAX_UPLOAD_BYTES, spooled=True),
+    Endpoint("files.list", "GET", "/v1/files", FileList),
+    Endpoint("files.retrieve", "GET", "/v1/files/{file_id}", FileRetrieve),
+    Endpoint("files.content", "GET", "/v1/files/{file_id}/content", FileContent),
+    Endpoint("files.delete", "DELETE", "/v1/files/{file_id}", FileDelete),
 )
 
 

@@ -64,6 +64,8 @@ class RequestShape:
     # tool with max_uses 5); None for a tool without max_uses.
     server_tools: dict[str, list[int | None]] = field(default_factory=dict)
     compaction: bool = False
+    # Files the request refers to by id: they must be the caller's own.
+    file_ids: set[str] = field(default_factory=set)
     inference_geo: str | None = None
     service_tier: str | None = None
     speed: str | None = None
@@ -112,6 +114,9 @@ def _walk(document: Any, shape: RequestShape) -> None:
         kind = node.get("type")
         source = node.get("source")
         source_kind = source.get("type") if isinstance(source, dict) else None
+        file_id = source.get("file_id") if source_kind == "file" and isinstance(source, dict) else node.get("file_id")
+        if isinstance(file_id, str) and (source_kind == "file" or kind == "container_upload"):
+            shape.file_ids.add(file_id)
         if source_kind == "base64" and isinstance(source, dict) and kind in ("image", "document"):
             shape.payload_bytes += len(str(source.get("data", "")))
         if kind == "image":

@@ -35,6 +35,18 @@ class Hold:
         )
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """A worst case an endpoint worked out itself (a batch: all its requests), and how it is held:
+    without a concurrency slot, owned by no process, for `ttl_s` (the batch's lifetime)."""
+
+    tokens: int
+    usd: Decimal
+    ttl_s: float
+    owner: str
+    slot: bool = False
+
+
 @dataclass
 class Exchange:
     request_id: str
@@ -59,6 +71,8 @@ class Exchange:
     stop_reason: str | None = None
     upstream_request_id: str | None = None
     ttfb_s: float | None = None
+    # Set by a handler that works out its own worst case (else the limits stage does, from `shape`).
+    reservation: Reservation | None = None
     # Set by the limits stage: the reservation to settle, and the rate-limit headers to return.
     hold: Hold | None = None
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)

@@ -17,6 +17,8 @@ from typing import IO, Any, Protocol
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meter.errors import MeterError
+from meter.proxy.auth import Caller
+from meter.proxy.estimate import RequestShape, WorstCase
 from meter.proxy.exchange import Exchange
 
 # Sent upstream for clients that do not send Anthropic's version header (OpenAI clients).
@@ -70,12 +72,27 @@ class Answer:
     body: bytes
 
 
+class WorstCases(Protocol):
+    """The limits stage's bound of a call (proxy/limits.py `Limiter.worst_case`)."""
+
+    def worst_case(self, caller: Caller, model: str, shape: RequestShape, max_tokens: int) -> WorstCase: ...
+
+
+class Billing(Protocol):
+    """The batch billing worker (batches/billing.py): bills one ended batch now, if not yet billed."""
+
+    async def bill_now(self, batch_id: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class Services:
-    """What handlers may use beside the request: the database, and meter's public URL if set."""
+    """What handlers may use beside the request: the database, meter's public URL if set, the
+    reservation bound of a call, and the batch billing worker."""
 
     engine: AsyncEngine | None = None
     public_url: str | None = None
+    worst_cases: WorstCases | None = None
+    billing: Billing | None = None
 
 
 class StreamTranslator(Protocol):

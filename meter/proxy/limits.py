@@ -28,11 +28,13 @@ from meter.metrics import Metrics
 from meter.money import decimal_text
 from meter.pricing import PriceTable
 from meter.proxy import estimate
+from meter.proxy.auth import Caller
+from meter.proxy.estimate import RequestShape
 from meter.proxy.exchange import Exchange, Hold
 
 log = logging.getLogger("meter.limits")
 
-_RESERVE = text("SELECT meter_reserve(:hold, :owner, :subjects, :tokens, :usd, :ttl)")
+_RESERVE = text("SELECT meter_reserve(:hold, :owner, :subjects, :tokens, :usd, :ttl, :slot)")
 _RENEW_HOLDS = text(
     "UPDATE holds SET expires_at = clock_timestamp() + make_interval(secs => :ttl) WHERE owner = :owner"
 )
@@ -78,13 +80,15 @@ class Limiter:
             return
         tokens, usd = self._worst_case(exchange)
         hold_id = "hold_" + exchange.request_id
+        own = exchange.reservation
         arguments = {
             "hold": hold_id,
-            "owner": self.owner,
+            "owner": own.owner if own else self.owner,
             "subjects": list(caller.limit_subjects),
             "tokens": tokens,
             "usd": usd,
-            "ttl": self._ttl_s,
+            "ttl": own.ttl_s if own else self._ttl_s,
+            "slot": own.slot if own else True,
         }
 
         async def run(conn: AsyncConnection) -> Any:
@@ -106,18 +110,25 @@ class Limiter:
         exchange.response_headers = ratelimit_headers(answer)
 
     def _worst_case(self, exchange: Exchange) -> tuple[int, Decimal]:
-        if not exchange.billed or exchange.shape is None:
+        if exchange.reservation is not None:
+            return exchange.reservation.tokens, exchange.reservation.usd
+        if not exchange.billed or exchange.shape is None or exchange.model is None:
             return 0, Decimal(0)  # count_tokens and models are free: they count against request limits only
-        price = self._prices.price_at(exchange.model, datetime.now(UTC))
-        if price is None and exchange.caller.needs_price:
+        bound = self.worst_case(exchange.caller, exchange.model, exchange.shape, exchange.max_tokens)
+        return bound.tokens, bound.usd
+
+    def worst_case(self, caller: Caller, model: str, shape: RequestShape, max_tokens: int) -> estimate.WorstCase:
+        """The most a call of `model` shaped so can cost (proxy/estimate.py), at today's price; a model
+        without a price is refused for a caller whose limits are in USD."""
+        price = self._prices.price_at(model, datetime.now(UTC))
+        if price is None and caller.needs_price:
             raise InvalidRequest(
-                f"model: {exchange.model!r} has no price in meter, so it cannot be used with a budget or "
+                f"model: {model!r} has no price in meter, so it cannot be used with a budget or "
                 "prepaid credit. Ask your provider to add a price for it."
             )
-        bound = estimate.worst_case(
-            price, exchange.shape, exchange.max_tokens, self._image_tokens, self._tool_uses, self._tool_result_tokens
+        return estimate.worst_case(
+            price, shape, max_tokens, self._image_tokens, self._tool_uses, self._tool_result_tokens
         )
-        return bound.tokens, bound.usd
 
     async def housekeeping(self) -> None:
         """Renew this process's holds and release holds whose process died; runs until cancelled."""

@@ -8,12 +8,13 @@ import asyncio
 import re
 import tempfile
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import IO, Any
 
 import msgspec
 
 from meter.errors import InvalidRequest, PermissionDenied, RequestTimeout, RequestTooLarge
-from meter.proxy.estimate import shape_of
+from meter.proxy.estimate import RequestShape, shape_of
 from meter.proxy.exchange import Exchange
 
 # A body declared larger than this is not even discarded to its end: its connection is closed.
@@ -144,10 +145,19 @@ def _shape(document: Any) -> tuple[int, int]:
     return keys, depth
 
 
-def read_fields(exchange: Exchange, document: dict[str, Any], body_bytes: int) -> None:
-    """Check the fields meter relies on and note them on `exchange`: the model (which the key must
-    be allowed to use), whether the call streams, and `max_tokens` (0 when absent: the upstream
-    refuses that itself)."""
+@dataclass(frozen=True)
+class Fields:
+    """What meter relies on in a Messages body (checked by `check_fields`)."""
+
+    model: str
+    stream: bool
+    max_tokens: int  # 0 when absent: the upstream refuses that itself
+    shape: RequestShape
+
+
+def check_fields(document: dict[str, Any], body_bytes: int, allowed: frozenset[str] | None) -> Fields:
+    """The fields meter relies on, checked: the model (which the key must be allowed to use),
+    whether the call streams, `max_tokens`, and the shape the reservation and pricing read."""
     model = document.get("model")
     if model is None:
         raise InvalidRequest("model: Field required")
@@ -161,11 +171,15 @@ def read_fields(exchange: Exchange, document: dict[str, Any], body_bytes: int) -
         max_tokens = 0
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 0 <= max_tokens <= MAX_TOKENS:
         raise InvalidRequest(f"max_tokens: Input should be an integer from 0 to {MAX_TOKENS}")
-    exchange.model = model
-    exchange.stream = exchange.billed and stream is True
-    exchange.max_tokens = max_tokens
-    if exchange.billed:
-        exchange.shape = shape_of(document, body_bytes)
-    allowed = exchange.caller.allowed_models
     if allowed is not None and model not in allowed:
         raise PermissionDenied(f"This API key is not allowed to use model {model!r}.")
+    return Fields(model, stream is True, max_tokens, shape_of(document, body_bytes))
+
+
+def read_fields(exchange: Exchange, document: dict[str, Any], body_bytes: int) -> None:
+    """`check_fields`, noted on `exchange`."""
+    fields = check_fields(document, body_bytes, exchange.caller.allowed_models)
+    exchange.model = fields.model
+    exchange.stream = exchange.billed and fields.stream
+    exchange.max_tokens = fields.max_tokens
+    exchange.shape = fields.shape
