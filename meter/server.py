@@ -1,5 +1,6 @@
 """The HTTP server's own defences, which uvicorn's httptools protocol lacks: a deadline for a
-request's headers (a client that drips them a byte at a time is cut off) and a cap on their size.
+request's headers (a client that drips them a byte at a time is cut off), a cap on their size, and
+a cap on open connections answered in Anthropic's error format (uvicorn's own is plain text).
 
 uvicorn bounds the idle time between requests (keep-alive) but not the time a client takes to send
 headers, nor their size, so one slow client per connection could hold connections forever. This
@@ -23,6 +24,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # uvicorn makes the protocol instances itself).
     header_timeout_s: float = 10.0
     max_header_bytes: int = 64 * 1024
+    # Open connections past which a request is refused at once (503, in Anthropic's error format).
+    max_connections: int = 4096
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -30,6 +33,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # Bytes received since the current request's headers began, while they are being read.
         self._header_bytes: int | None = 0
         self._headers_seen = 0
+        # Set once the connection was answered and closed here: what the parser reads after is dropped.
+        self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -40,6 +45,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         if self._header_bytes is None:
             super().data_received(data)
             return
@@ -60,9 +67,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._headers_seen += 1
         self._headers_done()
+        # The whole header block, also when it arrived in the same read as its end (which
+        # data_received does not count): the request line's target and every header line.
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.max_header_bytes:
+            self._refuse(431, "Request Header Fields Too Large", "The request headers are too large.")
+            return
+        if len(self.connections) > self.max_connections:
+            self._refuse(503, "Service Unavailable", "meter has as many connections open as it may; try again.")
+            return
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         super().on_message_complete()
         # What comes next on this connection is the next request's headers.
         self._header_bytes = 0
@@ -86,13 +108,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, reason: str, message: str) -> None:
         """Answer in Anthropic's error format and close: the request never reaches the app."""
+        self._refused = True
         self._headers_done()
         if self.transport.is_closing():
             return
         if self.cycle is not None and not self.cycle.response_complete:
             self.transport.close()  # bytes piped behind a request still being answered: no room to reply
             return
-        error_type = "request_too_large" if status == 431 else "invalid_request_error"
+        error_type = {431: "request_too_large", 503: "overloaded_error"}.get(status, "invalid_request_error")
         body = json.dumps({"type": "error", "error": {"type": error_type, "message": message}}).encode()
         head = (
             f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
@@ -105,3 +128,4 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 def configure(settings: Settings) -> None:
     GuardedHttpToolsProtocol.header_timeout_s = settings.header_timeout_s
     GuardedHttpToolsProtocol.max_header_bytes = settings.max_header_bytes
+    GuardedHttpToolsProtocol.max_connections = settings.max_connections

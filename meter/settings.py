@@ -68,8 +68,8 @@ class Settings:
     max_header_bytes: int = 64 * 1024
     # A request body may pause this long between two chunks.
     body_timeout_s: float = 30.0
-    # Open connections per process (uvicorn answers 503 past it) and requests in flight per process
-    # (meter answers 529 overloaded_error past it, at once).
+    # Open connections per process (past it a request is answered 503 at once, and its connection
+    # closed) and requests in flight per process (529 overloaded_error past it, at once).
     max_connections: int = 4096
     max_in_flight: int = 2000
     # Per tenant and process, whatever its limits: requests in flight (the slot is taken before the

@@ -45,8 +45,8 @@ UPDATE batches SET billing_owner = :owner, billing_until = now() + make_interval
 WHERE id = (
     SELECT id FROM batches
     WHERE billed_at IS NULL AND (billing_until IS NULL OR billing_until < now())
-      AND (checked_at IS NULL OR checked_at < now() - make_interval(secs => :every) OR :id IS NOT NULL)
-      AND (:id IS NULL OR id = :id)
+      AND (checked_at IS NULL OR checked_at < now() - make_interval(secs => :every) OR CAST(:id AS text) IS NOT NULL)
+      AND (CAST(:id AS text) IS NULL OR id = CAST(:id AS text))
     ORDER BY checked_at NULLS FIRST LIMIT 1 FOR UPDATE SKIP LOCKED
 )
 RETURNING *

@@ -125,8 +125,7 @@ def _run_gateway(settings: Settings, demo_mode: bool) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=GuardedHttpToolsProtocol,
-        limit_concurrency=settings.max_connections,
+        http=GuardedHttpToolsProtocol,  # with its own connection cap (METER_MAX_CONNECTIONS)
         lifespan="on",
         access_log=False,
         # The upstream's own Date and Server headers are relayed instead.
