@@ -2,7 +2,9 @@
 
 It speaks Anthropic's exact wire format (JSON, SSE, errors) with deterministic token counts, and
 `x-demo-*` request headers choose reply length, every billable usage field, latency, pacing, how a
-stream is cut and failures (controls.py).
+stream is cut and failures (controls.py). It records what it answered and serves it back as
+Anthropic's Admin API usage and cost reports, priced from its own list prices (admin.py), which is
+what meter reconciles its ledger against.
 """
 
 from meter.upstream_demo.config import DemoConfig

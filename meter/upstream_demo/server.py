@@ -1,7 +1,7 @@
 """The demo upstream's aiohttp application: routes, request checks and response writing.
 
-Handlers stay thin: token counting, reply building, usage, wire encoding, and stream writing
-live in their own modules.
+Handlers stay thin: token counting, reply building, usage, wire encoding, stream writing and the
+Admin API's reports live in their own modules.
 The per-request path avoids middlewares and app-dict lookups because this server is the upstream
 in benchmarks and must not be the bottleneck.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections import deque
 from typing import Any
 
@@ -18,14 +19,16 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from meter.upstream_demo import models, wire
+from meter.upstream_demo.admin import AdminApi
 from meter.upstream_demo.config import DemoConfig
 from meter.upstream_demo.controls import Controls, read_controls
 from meter.upstream_demo.errors import DemoError, invalid_request
+from meter.upstream_demo.record import Record
 from meter.upstream_demo.replies import Reply, build_reply
 from meter.upstream_demo.responses import error_response, json_response
 from meter.upstream_demo.streaming import write_frames
 from meter.upstream_demo.tokens import count_input_tokens
-from meter.upstream_demo.usage import Usage, reply_usage
+from meter.upstream_demo.usage import Usage, asks_for_1h_cache, reply_usage
 
 SEEN_MAX = 100_000
 # Anthropic's body cap for Messages and count_tokens.
@@ -70,6 +73,9 @@ class DemoUpstream:
         # Every request's method and raw path, in order (the newest SEEN_MAX), for `/_demo/seen`:
         # tests check that nothing but allowed paths ever reached the upstream.
         self._seen: deque[tuple[str, str]] = deque(maxlen=SEEN_MAX)
+        # What was answered, for the Admin API's usage and cost reports.
+        self.record = Record()
+        self.admin = AdminApi(self.record, config.admin_api_key, self._seen)
 
     async def _read(self, request: web.Request) -> bytes:
         self._seen.append((request.method, request.raw_path))
@@ -107,6 +113,7 @@ class DemoUpstream:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         request_id = wire.new_request_id()
+        answered_at = time.time()
         try:
             body = await self._json_body(request)
             model, max_tokens = _validate_messages_body(body)
@@ -127,6 +134,10 @@ class DemoUpstream:
 
         reply = build_reply(body, controls.output_tokens, max_tokens)
         usage = reply_usage(body, controls, count_input_tokens(body), reply.output_tokens)
+        if controls.failure is None:
+            # Billed as answered: a whole reply is billed even if its client stops reading.
+            late_1h = controls.cache_write_late > 0 and asks_for_1h_cache(body)
+            self.record.add(answered_at, model, usage, late_1h)
         if stream:
             return await self._stream(request, request_id, model, reply, usage, controls)
         if controls.failure == "drop":
@@ -265,6 +276,12 @@ def create_demo_app(config: DemoConfig) -> web.Application:
     router.add_get("/v1/models/{model_id}", upstream.get_model, allow_head=False)
     router.add_get("/_demo/last-request", upstream.last_request, allow_head=False)
     router.add_get("/_demo/seen", upstream.seen, allow_head=False)
+    admin = upstream.admin
+    router.add_get("/v1/organizations/usage_report/messages", admin.usage_report, allow_head=False)
+    router.add_get("/v1/organizations/cost_report", admin.cost_report, allow_head=False)
+    router.add_get("/_demo/report-adjustments", admin.list_adjustments, allow_head=False)
+    router.add_post("/_demo/report-adjustments", admin.add_adjustment)
+    router.add_delete("/_demo/report-adjustments", admin.clear_adjustments)
     # Last, so it only catches what no route above matched: Anthropic answers those with JSON 404s.
     router.add_route("*", "/{tail:.*}", upstream.not_found)
     return app
