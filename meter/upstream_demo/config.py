@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Anthropic's admin keys start with sk-ant-admin; the demo's default one is public, like the demo.
+DEFAULT_ADMIN_API_KEY = "sk-ant-admin-demo-key"
+
 
 @dataclass(frozen=True, slots=True)
 class DemoConfig:
@@ -16,6 +19,7 @@ class DemoConfig:
     output_tokens: reply length in tokens when `x-demo-output-tokens` is absent.
     ping_interval_s: 0 sends one `ping` after the first `content_block_start`, as Anthropic does;
         a positive value also sends a `ping` whenever a paced stream has been silent that long.
+    admin_api_key: the key of the Admin API (usage and cost reports), in `x-api-key`.
     """
 
     api_key: str | None = None
@@ -23,3 +27,4 @@ class DemoConfig:
     tokens_per_second: float = 0
     output_tokens: int = 12
     ping_interval_s: float = 0
+    admin_api_key: str = DEFAULT_ADMIN_API_KEY

@@ -1,6 +1,7 @@
 """The demo upstream's aiohttp application: routes, request checks and response writing.
 
-Handlers stay thin: token counting, reply building and wire encoding live in their own modules.
+Handlers stay thin: token counting, reply building, usage, wire encoding, stream writing and the
+Admin API's reports live in their own modules.
 The per-request path avoids middlewares and app-dict lookups because this server is the upstream
 in benchmarks and must not be the bottleneck.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections import deque
 from typing import Any
 
@@ -17,11 +19,16 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from meter.upstream_demo import models, wire
+from meter.upstream_demo.admin import AdminApi
 from meter.upstream_demo.config import DemoConfig
 from meter.upstream_demo.controls import Controls, read_controls
 from meter.upstream_demo.errors import DemoError, invalid_request
+from meter.upstream_demo.record import Record
 from meter.upstream_demo.replies import Reply, build_reply
+from meter.upstream_demo.responses import error_response, json_response
+from meter.upstream_demo.streaming import write_frames
 from meter.upstream_demo.tokens import count_input_tokens
+from meter.upstream_demo.usage import Usage, asks_for_1h_cache, reply_usage
 
 SEEN_MAX = 100_000
 # Anthropic's body cap for Messages and count_tokens.
@@ -41,18 +48,6 @@ _STATUS_FAILURES: dict[str, tuple[int, str, dict[str, str]]] = {
 _SSE_HEADERS = {"Content-Type": wire.SSE_CONTENT_TYPE, "Cache-Control": "no-cache"}
 
 
-def _json(payload: bytes, request_id: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    all_headers = {"request-id": request_id, **wire.organization_headers()}
-    if headers:
-        all_headers.update(headers)
-    return web.Response(status=status, body=payload, content_type=wire.JSON_CONTENT_TYPE, headers=all_headers)
-
-
-def _error(error: DemoError, request_id: str) -> web.Response:
-    body = wire.error_body(error.error_type, error.message, request_id)
-    return _json(body, request_id, error.status, error.headers)
-
-
 def _validate_messages_body(body: dict[str, Any]) -> tuple[str, int]:
     """The request's model and max_tokens; a 400 naming the first missing or malformed field."""
     for field in ("model", "max_tokens", "messages"):
@@ -68,34 +63,6 @@ def _validate_messages_body(body: dict[str, Any]) -> tuple[str, int]:
     return model, max_tokens
 
 
-class _StreamWriter:
-    """Writes SSE frames to one response, pacing deltas and keeping the connection alive with pings."""
-
-    __slots__ = ("_last_write", "_loop", "_ping_interval", "_response")
-
-    def __init__(self, response: web.StreamResponse, ping_interval_s: float) -> None:
-        self._response = response
-        self._ping_interval = ping_interval_s
-        self._loop = asyncio.get_running_loop()
-        self._last_write = self._loop.time()
-
-    async def write(self, data: bytes) -> None:
-        # One write per event: aiohttp hands it to the transport at once, so each event is flushed.
-        await self._response.write(data)
-        self._last_write = self._loop.time()
-
-    async def pause(self, seconds: float) -> None:
-        """Sleep `seconds`, sending a ping whenever the stream has been silent `ping_interval_s`."""
-        deadline = self._loop.time() + seconds
-        while True:
-            now = self._loop.time()
-            if self._ping_interval <= 0 or deadline <= self._last_write + self._ping_interval:
-                await asyncio.sleep(max(0.0, deadline - now))
-                return
-            await asyncio.sleep(max(0.0, self._last_write + self._ping_interval - now))
-            await self.write(wire.PING)
-
-
 class DemoUpstream:
     """The handlers, bound to one config and holding the last /v1 request for `/_demo/last-request`."""
 
@@ -106,6 +73,9 @@ class DemoUpstream:
         # Every request's method and raw path, in order (the newest SEEN_MAX), for `/_demo/seen`:
         # tests check that nothing but allowed paths ever reached the upstream.
         self._seen: deque[tuple[str, str]] = deque(maxlen=SEEN_MAX)
+        # What was answered, for the Admin API's usage and cost reports.
+        self.record = Record()
+        self.admin = AdminApi(self.record, config.admin_api_key, self._seen)
 
     async def _read(self, request: web.Request) -> bytes:
         self._seen.append((request.method, request.raw_path))
@@ -143,34 +113,36 @@ class DemoUpstream:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         request_id = wire.new_request_id()
+        answered_at = time.time()
         try:
             body = await self._json_body(request)
             model, max_tokens = _validate_messages_body(body)
             controls = read_controls(request.headers, self.config)
             stream = body.get("stream") is True
-            if controls.failure == "midstream" and not stream:
-                raise invalid_request("x-demo-error: midstream applies to streaming requests only")
+            if not stream:
+                if controls.failure == "midstream":
+                    raise invalid_request("x-demo-error: midstream applies to streaming requests only")
+                if controls.cache_write_late:
+                    raise invalid_request("x-demo-cache-write-late applies to streaming requests only")
             if controls.latency_s > 0:
                 await asyncio.sleep(controls.latency_s)
             if controls.failure in _STATUS_FAILURES:
                 status, message, headers = _STATUS_FAILURES[controls.failure]
                 raise DemoError(status, message, headers)
         except DemoError as error:
-            return _error(error, request_id)
+            return error_response(error, request_id)
 
         reply = build_reply(body, controls.output_tokens, max_tokens)
-        usage = wire.Usage(
-            input_tokens=count_input_tokens(body),
-            output_tokens=reply.output_tokens,
-            cache_read=controls.cache_read,
-            cache_write_5m=controls.cache_write_5m,
-            cache_write_1h=controls.cache_write_1h,
-        )
+        usage = reply_usage(body, controls, count_input_tokens(body), reply.output_tokens)
+        if controls.failure is None:
+            # Billed as answered: a whole reply is billed even if its client stops reading.
+            late_1h = controls.cache_write_late > 0 and asks_for_1h_cache(body)
+            self.record.add(answered_at, model, usage, late_1h)
         if stream:
             return await self._stream(request, request_id, model, reply, usage, controls)
         if controls.failure == "drop":
             return _drop(request)
-        return _json(wire.message_body(wire.new_message_id(), model, reply, usage), request_id)
+        return json_response(wire.message_body(wire.new_message_id(), model, reply, usage), request_id)
 
     async def _stream(
         self,
@@ -178,7 +150,7 @@ class DemoUpstream:
         request_id: str,
         model: str,
         reply: Reply,
-        usage: wire.Usage,
+        usage: Usage,
         controls: Controls,
     ) -> web.StreamResponse:
         frames = wire.stream_frames(wire.new_message_id(), model, reply, usage)
@@ -186,20 +158,12 @@ class DemoUpstream:
             frames = _until_failure(frames)
         response = web.StreamResponse(headers={**_SSE_HEADERS, "request-id": request_id, **wire.organization_headers()})
         await response.prepare(request)
-        tokens_per_second = controls.tokens_per_second
-        if tokens_per_second <= 0:
-            for item in frames:
-                await response.write(item.data)
-        else:
-            writer = _StreamWriter(response, self.config.ping_interval_s)
-            for item in frames:
-                if item.tokens:
-                    await writer.pause(item.tokens / tokens_per_second)
-                await writer.write(item.data)
+        error = wire.error_frame("overloaded_error", "Overloaded") if controls.failure == "midstream" else None
+        await write_frames(
+            response, frames, controls.tokens_per_second, self.config.ping_interval_s, controls.split_seed, error
+        )
         if controls.failure == "drop":
             return _drop(request, response)
-        if controls.failure == "midstream":
-            await response.write(wire.error_frame("overloaded_error", "Overloaded"))
         await response.write_eof()
         return response
 
@@ -213,8 +177,8 @@ class DemoUpstream:
                 if field not in body:
                     raise invalid_request(f"{field}: Field required")
         except DemoError as error:
-            return _error(error, request_id)
-        return _json(wire.dumps({"input_tokens": count_input_tokens(body)}), request_id)
+            return error_response(error, request_id)
+        return json_response(wire.dumps({"input_tokens": count_input_tokens(body)}), request_id)
 
     # GET /v1/models and /v1/models/{model_id}
 
@@ -226,8 +190,8 @@ class DemoUpstream:
             query = request.query
             page = models.list_models(query.get("limit"), query.get("after_id"), query.get("before_id"))
         except DemoError as error:
-            return _error(error, request_id)
-        return _json(wire.dumps(page), request_id)
+            return error_response(error, request_id)
+        return json_response(wire.dumps(page), request_id)
 
     async def get_model(self, request: web.Request) -> web.Response:
         request_id = wire.new_request_id()
@@ -236,8 +200,8 @@ class DemoUpstream:
             self._authorize(request)
             model = models.get_model(request.match_info["model_id"])
         except DemoError as error:
-            return _error(error, request_id)
-        return _json(wire.dumps(model), request_id)
+            return error_response(error, request_id)
+        return json_response(wire.dumps(model), request_id)
 
     # Anything else
 
@@ -247,23 +211,23 @@ class DemoUpstream:
             try:
                 await self._read(request)
             except DemoError as error:
-                return _error(error, request_id)
+                return error_response(error, request_id)
         else:
             self._seen.append((request.method, request.raw_path))
-        return _error(DemoError(404, "The requested resource could not be found."), request_id)
+        return error_response(DemoError(404, "The requested resource could not be found."), request_id)
 
     # GET /_demo/seen
 
     async def seen(self, request: web.Request) -> web.Response:
         paths = [{"method": method, "path": path} for method, path in self._seen]
-        return _json(wire.dumps({"requests": paths}), wire.new_request_id())
+        return json_response(wire.dumps({"requests": paths}), wire.new_request_id())
 
     # GET /_demo/last-request
 
     async def last_request(self, request: web.Request) -> web.Response:
         request_id = wire.new_request_id()
         if self._last is None:
-            return _error(DemoError(404, "No /v1 request has been received yet."), request_id)
+            return error_response(DemoError(404, "No /v1 request has been received yet."), request_id)
         method, path, query, headers, body = self._last
         seen: dict[str, str] = {}
         for name, value in headers.items():
@@ -277,7 +241,7 @@ class DemoUpstream:
             "headers": seen,
             "body_sha256": hashlib.sha256(body).hexdigest(),
         }
-        return _json(wire.dumps(payload), request_id)
+        return json_response(wire.dumps(payload), request_id)
 
 
 def _until_failure(frames: list[wire.Frame]) -> list[wire.Frame]:
@@ -312,6 +276,12 @@ def create_demo_app(config: DemoConfig) -> web.Application:
     router.add_get("/v1/models/{model_id}", upstream.get_model, allow_head=False)
     router.add_get("/_demo/last-request", upstream.last_request, allow_head=False)
     router.add_get("/_demo/seen", upstream.seen, allow_head=False)
+    admin = upstream.admin
+    router.add_get("/v1/organizations/usage_report/messages", admin.usage_report, allow_head=False)
+    router.add_get("/v1/organizations/cost_report", admin.cost_report, allow_head=False)
+    router.add_get("/_demo/report-adjustments", admin.list_adjustments, allow_head=False)
+    router.add_post("/_demo/report-adjustments", admin.add_adjustment)
+    router.add_delete("/_demo/report-adjustments", admin.clear_adjustments)
     # Last, so it only catches what no route above matched: Anthropic answers those with JSON 404s.
     router.add_route("*", "/{tail:.*}", upstream.not_found)
     return app

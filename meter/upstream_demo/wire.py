@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple
 
 from meter.upstream_demo.replies import Reply, TextBlock, ToolUseBlock, random_base62
+from meter.upstream_demo.usage import Usage
 
 JSON_CONTENT_TYPE = "application/json"
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
@@ -58,40 +58,6 @@ def _organization_headers(second: int) -> dict[str, str]:
 def organization_headers() -> dict[str, str]:
     """The organization's id, a cookie and its organization-wide rate limits, current to the second."""
     return _organization_headers(int(time.time()))
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """The token counts of one reply; the cache counts come from the `x-demo-cache-*` controls."""
-
-    input_tokens: int
-    output_tokens: int
-    cache_read: int = 0
-    cache_write_5m: int = 0
-    cache_write_1h: int = 0
-
-    def full(self, output_tokens: int) -> dict[str, Any]:
-        """The `usage` object of a Message (and of `message_start`, with a placeholder output)."""
-        return {
-            "input_tokens": self.input_tokens,
-            "cache_creation_input_tokens": self.cache_write_5m + self.cache_write_1h,
-            "cache_read_input_tokens": self.cache_read,
-            "cache_creation": {
-                "ephemeral_5m_input_tokens": self.cache_write_5m,
-                "ephemeral_1h_input_tokens": self.cache_write_1h,
-            },
-            "output_tokens": output_tokens,
-            "service_tier": "standard",
-        }
-
-    def cumulative(self) -> dict[str, int]:
-        """The `usage` of `message_delta`: cumulative totals, no TTL split, no service tier."""
-        return {
-            "input_tokens": self.input_tokens,
-            "cache_creation_input_tokens": self.cache_write_5m + self.cache_write_1h,
-            "cache_read_input_tokens": self.cache_read,
-            "output_tokens": self.output_tokens,
-        }
 
 
 def _block_json(block: TextBlock | ToolUseBlock) -> dict[str, Any]:

@@ -297,6 +297,7 @@ async def test_sse_bytes_follow_anthropic_event_order(base_url: str, http: aioht
         "cache_creation": {"ephemeral_5m_input_tokens": 40, "ephemeral_1h_input_tokens": 2},
         "output_tokens": 1,
         "service_tier": "standard",
+        "inference_geo": "not_available",
     }
     assert events[1][1]["content_block"] == {"type": "text", "text": ""}
     tool_start = next(d for n, d in events if n == "content_block_start" and d["index"] == 1)
