@@ -144,6 +144,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                 stop_exposition()
             for task in background:
                 task.cancel()
+            # Let them finish their cleanup (a billing worker gives its lease back) while the
+            # database is still there.
+            await asyncio.wait(background, timeout=5.0)
             await parts.ledger.close(settings.shutdown_grace_s)
             await parts.upstream.aclose()
             await parts.engine.dispose()

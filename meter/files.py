@@ -1,4 +1,4 @@
-"""Files (beta, `anthropic-beta: files-api-2025-04-14`) through meter: each file is owned by the
+"""Files (first a beta, `anthropic-beta: files-api-2025-04-14`) through meter: each file is owned by the
 tenant that uploaded it. Another tenant's file id answers exactly like a missing one, lists show a
 tenant only its own files, and a `file_id` anywhere in a request body (document, image, container
 upload) must be the caller's own, or the request is refused before anything is forwarded."""

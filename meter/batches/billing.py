@@ -38,7 +38,8 @@ from meter.proxy.handler import ANTHROPIC_VERSION, UpstreamRequest
 from meter.usage import Usage
 
 log = logging.getLogger("meter.batches")
-LEASE_S = 300.0
+# How long a worker may hold a batch; one that dies gives it up after this (billing again is harmless).
+LEASE_S = 120.0
 _TAKE = text(
     """
 UPDATE batches SET billing_owner = :owner, billing_until = now() + make_interval(secs => :lease)
@@ -206,7 +207,7 @@ class BatchBilling:
             cost_usd=(cost.total if cost else None) if message is not None else Decimal(0),
             partial=False,
             stop_reason=message.get("stop_reason") if isinstance(message, dict) else None,
-            upstream_request_id=batch["id"],
+            upstream_request_id=f"{batch['id']}/{custom_id}",  # the result, as the upstream names it
             started_at=started,
             finished_at=max(ended, started),
             duration_ms=max(0, int((ended - started) / timedelta(milliseconds=1))),

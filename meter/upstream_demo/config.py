@@ -20,6 +20,7 @@ class DemoConfig:
     ping_interval_s: 0 sends one `ping` after the first `content_block_start`, as Anthropic does;
         a positive value also sends a `ping` whenever a paced stream has been silent that long.
     admin_api_key: the key of the Admin API (usage and cost reports), in `x-api-key`.
+    batch_seconds: how long a message batch runs before it ends (`x-demo-batch-seconds` overrides).
     """
 
     api_key: str | None = None
@@ -28,3 +29,4 @@ class DemoConfig:
     output_tokens: int = 12
     ping_interval_s: float = 0
     admin_api_key: str = DEFAULT_ADMIN_API_KEY
+    batch_seconds: float = 2.0

@@ -20,9 +20,12 @@ from multidict import CIMultiDictProxy
 
 from meter.upstream_demo import models, wire
 from meter.upstream_demo.admin import AdminApi
+from meter.upstream_demo.batches import DemoBatches, base_of
+from meter.upstream_demo.checks import validate_messages_body
 from meter.upstream_demo.config import DemoConfig
 from meter.upstream_demo.controls import Controls, read_controls
 from meter.upstream_demo.errors import DemoError, invalid_request
+from meter.upstream_demo.files import DemoFiles
 from meter.upstream_demo.record import Record
 from meter.upstream_demo.replies import Reply, build_reply
 from meter.upstream_demo.responses import error_response, json_response
@@ -48,21 +51,6 @@ _STATUS_FAILURES: dict[str, tuple[int, str, dict[str, str]]] = {
 _SSE_HEADERS = {"Content-Type": wire.SSE_CONTENT_TYPE, "Cache-Control": "no-cache"}
 
 
-def _validate_messages_body(body: dict[str, Any]) -> tuple[str, int]:
-    """The request's model and max_tokens; a 400 naming the first missing or malformed field."""
-    for field in ("model", "max_tokens", "messages"):
-        if field not in body:
-            raise invalid_request(f"{field}: Field required")
-    model, max_tokens = body["model"], body["max_tokens"]
-    if not isinstance(model, str) or not model:
-        raise invalid_request("model: Input should be a valid string")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise invalid_request("max_tokens: Input should be an integer greater than or equal to 1")
-    if not isinstance(body["messages"], list):
-        raise invalid_request("messages: Input should be a valid list")
-    return model, max_tokens
-
-
 class DemoUpstream:
     """The handlers, bound to one config and holding the last /v1 request for `/_demo/last-request`."""
 
@@ -76,6 +64,8 @@ class DemoUpstream:
         # What was answered, for the Admin API's usage and cost reports.
         self.record = Record()
         self.admin = AdminApi(self.record, config.admin_api_key, self._seen)
+        self.batches = DemoBatches(config, self.record)
+        self.files = DemoFiles()
 
     async def _read(self, request: web.Request) -> bytes:
         self._seen.append((request.method, request.raw_path))
@@ -116,7 +106,7 @@ class DemoUpstream:
         answered_at = time.time()
         try:
             body = await self._json_body(request)
-            model, max_tokens = _validate_messages_body(body)
+            model, max_tokens = validate_messages_body(body)
             controls = read_controls(request.headers, self.config)
             stream = body.get("stream") is True
             if not stream:
@@ -203,6 +193,60 @@ class DemoUpstream:
             return error_response(error, request_id)
         return json_response(wire.dumps(model), request_id)
 
+    # Message Batches: /v1/messages/batches...
+
+    async def batches_api(self, request: web.Request) -> web.Response:
+        """Every batch endpoint: the route says which (Anthropic's errors for bad ids and states)."""
+        request_id = wire.new_request_id()
+        try:
+            batch_id, action = request.match_info.get("batch_id"), request.match_info.get("action")
+            if request.method == "POST" and batch_id is None:
+                body = await self._json_body(request)
+                return json_response(self.batches.create(body, request.headers, base_of(request)), request_id)
+            await self._read(request)
+            self._authorize(request)
+            if batch_id is None:
+                return json_response(self.batches.page(request.query, base_of(request)), request_id)
+            if action == "cancel" and request.method == "POST":
+                return json_response(self.batches.cancel(batch_id, base_of(request)), request_id)
+            if action == "results" and request.method == "GET":
+                results = self.batches.results(batch_id)
+                headers = {"request-id": request_id, **wire.organization_headers()}
+                return web.Response(body=results, content_type="application/binary", headers=headers)
+            if action is None and request.method == "DELETE":
+                return json_response(self.batches.delete(batch_id), request_id)
+            if action is None and request.method == "GET":
+                return json_response(
+                    wire.dumps(self.batches.find(batch_id).view(base_of(request), time.time())), request_id
+                )
+            raise DemoError(404, "The requested resource could not be found.")
+        except DemoError as error:
+            return error_response(error, request_id)
+
+    # Files (beta): /v1/files...
+
+    async def files_api(self, request: web.Request) -> web.Response:
+        request_id = wire.new_request_id()
+        try:
+            self._seen.append((request.method, request.raw_path))
+            self._authorize(request)
+            file_id, action = request.match_info.get("file_id"), request.match_info.get("action")
+            if file_id is None and request.method == "POST":
+                return json_response(await self.files.upload(request), request_id)
+            if file_id is None and request.method == "GET":
+                return json_response(self.files.page(request.query), request_id)
+            if file_id is not None and action == "content" and request.method == "GET":
+                stored = self.files.find(file_id)
+                headers = {"request-id": request_id, **wire.organization_headers()}
+                return web.Response(body=stored.content, content_type=stored.meta["mime_type"], headers=headers)
+            if file_id is not None and action is None and request.method == "GET":
+                return json_response(wire.dumps(self.files.find(file_id).meta), request_id)
+            if file_id is not None and action is None and request.method == "DELETE":
+                return json_response(self.files.delete(file_id), request_id)
+            raise DemoError(404, "The requested resource could not be found.")
+        except DemoError as error:
+            return error_response(error, request_id)
+
     # Anything else
 
     async def not_found(self, request: web.Request) -> web.Response:
@@ -276,6 +320,10 @@ def create_demo_app(config: DemoConfig) -> web.Application:
     router.add_get("/v1/models/{model_id}", upstream.get_model, allow_head=False)
     router.add_get("/_demo/last-request", upstream.last_request, allow_head=False)
     router.add_get("/_demo/seen", upstream.seen, allow_head=False)
+    for path in ("/v1/messages/batches", "/v1/messages/batches/{batch_id}", "/v1/messages/batches/{batch_id}/{action}"):
+        router.add_route("*", path, upstream.batches_api)
+    for path in ("/v1/files", "/v1/files/{file_id}", "/v1/files/{file_id}/{action}"):
+        router.add_route("*", path, upstream.files_api)
     admin = upstream.admin
     router.add_get("/v1/organizations/usage_report/messages", admin.usage_report, allow_head=False)
     router.add_get("/v1/organizations/cost_report", admin.cost_report, allow_head=False)

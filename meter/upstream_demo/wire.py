@@ -31,6 +31,10 @@ def dumps(value: Any) -> bytes:
     return _encode(value).encode()
 
 
+def loads(data: bytes) -> Any:
+    return json.loads(data)
+
+
 def new_message_id() -> str:
     return "msg_01" + random_base62(22)
 

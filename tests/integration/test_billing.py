@@ -217,7 +217,13 @@ def test_prices_export_and_import_round_trip_audited(database_url: str, tmp_path
     listed = admin.request("GET", "/admin/prices").json()["data"]
     (imported,) = [price for price in listed if price["model"] == "claude-import-test"]
     assert imported["cache_write_1h_per_mtok"] == "4" and imported["multipliers"] == {"service_tier": {"batch": "0.5"}}
-    audit = admin.request("GET", "/admin/audit").json()["data"]
+    audit: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:  # every page: the log is oldest first
+        page = admin.request("GET", "/admin/audit", params={"limit": 1000, **({"after": cursor} if cursor else {})})
+        audit += page.json()["data"]
+        if not (cursor := page.json()["next_cursor"]):
+            break
     assert any(entry["action"] == "prices.set" and entry["actor"].startswith("cli:") for entry in audit)
     # Unknown fields and past dates are refused, naming what is wrong.
     new["prices"][0]["input_per_mtokk"] = "1"
