@@ -62,7 +62,7 @@ class Connection:
             chunk = self.sock.recv(65536)
         except (TimeoutError, BlockingIOError):
             return False
-        except OSError:
+        except OSError:  # reset: the server is gone
             self.eof = True
             return True
         finally:
@@ -77,7 +77,9 @@ class Connection:
             return False
         try:
             chunk = self.sock.recv(65536)
-        except OSError:
+        except TimeoutError:
+            raise
+        except OSError:  # reset: the server is gone
             chunk = b""
         if not chunk:
             self.eof = True
@@ -99,8 +101,8 @@ class Connection:
         data, self._buffer = self._buffer[:size], self._buffer[size:]
         return data
 
-    def read_answer(self, head_request: bool = False) -> Answer:
-        """The next answer on this connection (its body too, unless it answers a HEAD request)."""
+    def read_head(self) -> tuple[int, dict[str, str], list[tuple[str, str]]]:
+        """The status and headers of the next answer (repeated headers joined with commas, and as sent)."""
         head = self._read_until(b"\r\n\r\n").decode("latin-1")
         status_line, *lines = head.split("\r\n")
         status = int(status_line.split(" ", 2)[1])
@@ -108,6 +110,11 @@ class Connection:
         headers: dict[str, str] = {}
         for name, value in header_lines:
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        return status, headers, header_lines
+
+    def read_answer(self, head_request: bool = False) -> Answer:
+        """The next answer on this connection (its body too, unless it answers a HEAD request)."""
+        status, headers, header_lines = self.read_head()
         if head_request or status in (204, 304) or 100 <= status < 200:
             body = b""
         elif headers.get("transfer-encoding", "").lower() == "chunked":
@@ -123,6 +130,7 @@ class Connection:
             while self._fill():
                 pass
             body, self._buffer = self._buffer, b""
+        # Checked only when announced: otherwise the connection may rightly stay open.
         closes = headers.get("connection", "").lower() == "close"
         return Answer(status, headers, body, closes and self.closed_by_server(), header_lines)
 
@@ -149,11 +157,13 @@ def request_bytes(
     method: str, target: bytes, headers: Headers | None = None, body: bytes = b"", length: int | None = None
 ) -> bytes:
     """An HTTP/1.1 request with `target` exactly as given, closing the connection after it; its
-    `content-length` is `length` when given (the body may then be sent apart), else the body's."""
+    `content-length` is `length` when given (the body may then be sent apart), else the body's, and
+    none when the headers say `transfer-encoding`."""
     items = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
     lines = [f"{method} ".encode() + target + b" HTTP/1.1", b"host: meter.test", b"connection: close"]
     lines += [name.encode("latin-1") + b": " + value.encode("latin-1") for name, value in items]
-    if length is not None or body or method in ("POST", "PUT", "PATCH"):
+    chunked = any(name.lower() == "transfer-encoding" for name, _ in items)
+    if not chunked and (length is not None or body or method in ("POST", "PUT", "PATCH")):
         lines.append(b"content-length: " + str(len(body) if length is None else length).encode())
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
