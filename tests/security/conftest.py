@@ -15,7 +15,7 @@ from tests.support import Process, free_port, start_meter
 REPO = Path(__file__).resolve().parents[2]
 CORS_ORIGIN = "https://app.example"
 # Short deadlines (so a slow client is cut off within the test) and small bounds (so a test can
-# reach them with a few connections).
+# reach them with a few connections; the failed-authentication budget refills once every 20 s).
 GUARDED = {
     "METER_HEADER_TIMEOUT_S": "2",
     "METER_BODY_TIMEOUT_S": "2",
@@ -23,6 +23,7 @@ GUARDED = {
     "METER_TENANT_MAX_IN_FLIGHT": "2",
     "METER_TENANT_MAX_DRAINS": "1",
     "METER_CORS_ORIGINS": CORS_ORIGIN,
+    "METER_AUTH_FAILURES_PER_MINUTE": "3",
 }
 MAX_CONNECTIONS = 3
 
