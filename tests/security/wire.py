@@ -115,7 +115,9 @@ class Connection:
     def read_answer(self, head_request: bool = False) -> Answer:
         """The next answer on this connection (its body too, unless it answers a HEAD request)."""
         status, headers, header_lines = self.read_head()
-        if head_request or status in (204, 304) or 100 <= status < 200:
+        while 100 <= status < 200:  # interim answers (100 Continue): the real one follows
+            status, headers, header_lines = self.read_head()
+        if head_request or status in (204, 304):
             body = b""
         elif headers.get("transfer-encoding", "").lower() == "chunked":
             parts = []
