@@ -76,7 +76,7 @@ def test_other_origins_get_no_cors_headers(
 
 def test_a_preflight_for_a_path_meter_refuses_gets_no_cors_headers(guarded: Process, upstream: Process) -> None:
     watch = UpstreamWatch(upstream)
-    for target in (b"/v1/../admin/tenants", b"/v1/%2e%2e/admin/tenants", b"/admin/tenants", b"/v1/files"):
+    for target in (b"/v1/../admin/tenants", b"/v1/%2e%2e/admin/tenants", b"/admin/tenants", b"/v1/skills"):
         answer = exchange(
             guarded.base_url,
             "OPTIONS",

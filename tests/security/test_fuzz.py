@@ -31,6 +31,11 @@ ENDPOINTS = [
     ("GET", "/v1/models"),
     ("GET", "/v1/models/claude-sonnet-4-6"),
     ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/messages/batches"),
+    ("GET", "/v1/messages/batches"),
+    ("GET", "/v1/messages/batches/msgbatch_01demo"),
+    ("POST", "/v1/files"),
+    ("GET", "/v1/files/file_01demo/content"),
 ]
 OTHER_PATHS = ["/v1", "/", "/admin/tenants", "/healthz", "/metrics"]
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"]
@@ -118,7 +123,8 @@ HOSTILE_VALUES = st.one_of(
 
 @st.composite
 def bodies(draw: st.DrawFn) -> bytes:
-    kind = draw(st.sampled_from(["request", "request", "request", "json", "duplicate", "nested", "bytes", "empty"]))
+    kinds = ["request", "request", "request", "batch", "json", "duplicate", "nested", "bytes", "empty"]
+    kind = draw(st.sampled_from(kinds))
     if kind == "bytes":
         return draw(st.binary(max_size=64))
     if kind == "empty":
@@ -133,6 +139,9 @@ def bodies(draw: st.DrawFn) -> bytes:
     fields = st.sampled_from(["model", "max_tokens", "stream", "messages", "system", "x"])
     for field in draw(st.lists(fields, max_size=2)):
         document[field] = draw(HOSTILE_VALUES)
+    if kind == "batch":
+        custom_id = draw(st.one_of(st.just("r1"), st.text(max_size=70)))
+        return json.dumps({"requests": [{"custom_id": custom_id, "params": document}]}).encode()
     text = json.dumps(document, ensure_ascii=draw(st.booleans())).encode()
     if kind == "duplicate":
         key = draw(st.sampled_from([b'"model"', b'"\\u006dodel"', b'"stream"', b'"max_tokens"']))

@@ -128,9 +128,13 @@ def test_traversal_corpus_is_meters_404_and_never_reaches_the_upstream(
 
 UNKNOWN_V1 = [
     b"/v1/complete",
-    b"/v1/files",
+    b"/v1/skills",
+    b"/v1/containers",
     b"/v1/admin/keys",
     b"/v1/organizations/api_keys",
+    b"/v1/organizations/usage_report/messages/extra",
+    b"/v1/files/file_01/content/extra",
+    b"/v1/messages/batches/msgbatch_01/results/extra",
     b"/v1/messages/count_tokens/extra",
     b"/v1/models/claude-sonnet-4-6/extra",
     b"/v1",
