@@ -160,13 +160,14 @@ def test_statement_csv_cells_cannot_run_as_formulas(
     path = f"/admin/tenants/{tenant_key['tenant_id']}/statement"
     response = admin.request("GET", path, params={"month": month, "format": "csv"})
     assert response.status_code == 200, response.text
-    rows = list(csv.reader(io.StringIO(response.text)))
-    models = [row[0] for row in rows[1:-1]]
-    assert sorted(models) == sorted(["'" + model for model in FORMULAS] + ["claude-sonnet-4-6"])
-    assert [cell for row in rows for cell in row if cell.startswith(("=", "+", "-", "@", "\t", "\r"))] == []
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    models = {row["model"] for row in rows if row["model"] != "TOTAL"}
+    assert models == {"'" + model for model in FORMULAS} | {"claude-sonnet-4-6"}
+    cells = [cell for row in rows for cell in row.values()]
+    assert [cell for cell in cells if cell.startswith(("=", "+", "-", "@", "\t", "\r"))] == []
     # The JSON statement, which no spreadsheet runs, keeps the names as they are.
     lines = admin.request("GET", path, params={"month": month}).json()["lines"]
-    assert sorted(line["model"] for line in lines) == sorted([*FORMULAS, "claude-sonnet-4-6"])
+    assert {line["model"] for line in lines} == {*FORMULAS, "claude-sonnet-4-6"}
 
 
 def test_periods_past_what_a_date_holds_are_400(admin: Admin, tenant_key: dict[str, Any]) -> None:
