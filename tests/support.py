@@ -83,6 +83,12 @@ def metric(base_url: str, name: str, **labels: str) -> float:
     )
 
 
+def upstream_requests(upstream: Process) -> list[tuple[str, str]]:
+    """(method, raw path with query) of every request the demo upstream has received, oldest first."""
+    seen = httpx.get(upstream.base_url + "/_demo/seen", timeout=10).json()["requests"]
+    return [(request["method"], request["path"]) for request in seen]
+
+
 def start_of_next(period: str, moment: datetime) -> datetime:
     """When the UTC "day" or "month" after the one `moment` falls in begins: when meter's daily and
     monthly limits reset."""
