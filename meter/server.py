@@ -89,6 +89,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # What comes next on this connection is the next request's headers.
         self._header_bytes = 0
 
+    def send_400_response(self, msg: str) -> None:
+        """A request the HTTP parser refuses (a raw control byte in the target, no leading slash):
+        Anthropic's error format too, then the connection is closed (uvicorn's own is plain text)."""
+        self._refuse(400, "Bad Request", "The request is not valid HTTP: " + msg.rstrip("."))
+
     def _await_headers(self) -> None:
         self._header_bytes = self._header_bytes or 0
         self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_timed_out)

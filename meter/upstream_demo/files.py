@@ -32,6 +32,14 @@ class DemoFiles:
         self._files: dict[str, StoredFile] = {}
 
     async def upload(self, request: web.Request) -> bytes:
+        if not request.content_type.startswith("multipart/"):
+            raise invalid_request("The upload must be multipart/form-data, with the file in a part named file.")
+        try:
+            return await self._upload(request)
+        except ValueError as exc:  # a malformed multipart body
+            raise invalid_request(f"The multipart body cannot be read: {exc}") from None
+
+    async def _upload(self, request: web.Request) -> bytes:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
             if getattr(part, "name", None) != "file":

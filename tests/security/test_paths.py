@@ -218,11 +218,6 @@ def test_raw_control_bytes_in_the_target_are_refused_before_routing(
     assert watch.new() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request line the HTTP parser refuses gets uvicorn's text/plain 400, not meter's JSON error "
-    "(meter/server.py does not override send_400_response)",
-)
 def test_raw_control_bytes_in_the_target_get_an_anthropic_error(meter: Process, tenant_key: dict[str, Any]) -> None:
     answer = exchange(meter.base_url, "GET", b"/v1/models/a\x00b", hostile_headers(tenant_key))
     anthropic_error(answer.status, answer.headers, answer.body, "invalid_request_error")
