@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from meter import server
 from meter.admin.audit import AuditController, token_actor
 from meter.admin.auth import admin_guard
+from meter.admin.batches import BatchController
 from meter.admin.credit import CreditController
 from meter.admin.keys import KeyController
 from meter.admin.limits import LimitsController
@@ -166,6 +167,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             UsageController,
             StatementController,
             AuditController,
+            BatchController,
         ],
         guards=[guard],
         dependencies={

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from meter.admin import batches as batch_admin
 from meter.admin import credit, keys, limits, statements, tenants, usage
 from meter.admin.audit import cli_actor
 from meter.cli import common
@@ -85,6 +86,11 @@ def register(commands: Any) -> None:
     report.add_argument("--group-by", choices=("day", "model", "key"), default="day")
     report.add_argument("--format", choices=FORMATS, default="table")
     report.set_defaults(run=_usage)
+
+    batch = group("batches", "a tenant's message batches")
+    command(batch, "list", _batches_list, "a tenant's batches and whether their results are billed").add_argument(
+        "tenant_id"
+    )
 
     bill = commands.add_parser("statement", help="a tenant's monthly statement")
     bill.add_argument("tenant_id")
@@ -170,6 +176,10 @@ def _keys_rotate(args: argparse.Namespace) -> None:
     rotate = keys.KeyRotate(grace_period_s=args.grace_period)
     hasher = common.key_hasher(common.settings(args))
     _run(args, lambda conn: keys.rotate_key(conn, args.key_id, rotate, cli_actor(), hasher))
+
+
+def _batches_list(args: argparse.Namespace) -> None:
+    _run(args, _every_page(lambda conn, cursor: batch_admin.tenant_batches(conn, args.tenant_id, cursor, PAGE)))
 
 
 def _limits_set(args: argparse.Namespace) -> None:

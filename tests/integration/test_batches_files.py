@@ -16,7 +16,8 @@ import anthropic
 import httpx
 import pytest
 
-from tests.support import OPERATOR_KEY, Admin, Ledger, Process, eventually, start_meter
+from tests.integration.test_cli import meter_cli
+from tests.support import OPERATOR_KEY, Admin, Ledger, Process, eventually, metric, start_meter
 
 D = Decimal
 HAIKU = {"input": D(1), "output": D(5)}  # USD per million tokens, list price; the batch tier halves it
@@ -65,7 +66,9 @@ def billed_rows(ledger: Ledger, tenant_id: str, count: int) -> list[dict[str, An
     )
 
 
-def test_a_batch_round_trip_is_billed_once_at_half_price(batch_meter: Process, ledger: Ledger) -> None:
+def test_a_batch_round_trip_is_billed_once_at_half_price(
+    batch_meter: Process, ledger: Ledger, database_url: str
+) -> None:
     client, key = tenant(batch_meter)
     with client:
         invalid: Any = {"custom_id": "bad", "params": {"model": "claude-haiku-4-5", "messages": []}}  # no max_tokens
@@ -95,6 +98,19 @@ def test_a_batch_round_trip_is_billed_once_at_half_price(batch_meter: Process, l
         list(client.messages.batches.results(batch.id))
         client.messages.batches.retrieve(batch.id)
         assert len(ledger.rows(tenant_id=key["tenant_id"], endpoint="batches")) == 4
+    # The operator sees it: the CLI's list, a statement line at the batch tier, the metrics.
+    (listed,) = meter_cli(database_url, "batches", "list", key["tenant_id"])
+    assert (listed["id"], listed["billed_rows"], listed["request_counts"]["succeeded"]) == (batch.id, 4, 3)
+    month = priced[0]["started_at"].strftime("%Y-%m")
+    lines = (
+        Admin(batch_meter.base_url)
+        .request("GET", f"/admin/tenants/{key['tenant_id']}/statement", params={"month": month})
+        .json()["lines"]
+    )
+    (line,) = [line for line in lines if line["service_tier"] == "batch"]
+    assert (line["requests"], line["multiplier"]) == (3, "0.5")
+    assert D(line["cost_usd"]) == sum(row["cost_usd"] for row in priced)
+    assert metric(batch_meter.base_url, "meter_batch_results_billed_total") >= 4
 
 
 def test_results_are_billed_even_if_never_downloaded_and_across_a_restart(

@@ -335,3 +335,13 @@ def test_two_prices_for_one_model_and_moment_are_refused(meters: list[Process]) 
     response = admin.request("PUT", "/admin/prices", json={"prices": [twice, twice]})
     assert response.status_code == 400
     assert "same time" in response.json()["error"]["message"]
+
+
+def test_models_calls_count_against_the_per_minute_request_limit(meters: list[Process]) -> None:
+    key, _ = new_tenant(meters, {"requests_per_minute": 2})
+    answers = [
+        httpx.get(meters[i % 2].base_url + path, headers=headers(key), timeout=30)
+        for i, path in enumerate(("/v1/models", "/v1/models/claude-sonnet-4-6", "/v1/models"))
+    ]
+    assert [answer.status_code for answer in answers] == [200, 200, 429]
+    assert answers[2].json()["error"]["type"] == "rate_limit_error"
