@@ -84,6 +84,10 @@ class Cost:
     long_context: bool
 
 
+# What a free call costs: exactly nothing.
+FREE = Cost(Decimal(0), {}, False)
+
+
 @dataclass(frozen=True)
 class Price:
     model: str

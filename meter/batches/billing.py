@@ -18,7 +18,6 @@ import hashlib
 import logging
 import secrets
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -28,11 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from meter.batches import store
 from meter.db.models import batches
 from meter.db.queries import settle
-from meter.db.rows import LedgerRow, Settlement
+from meter.db.rows import LedgerRow, Settlement, billed_columns, stored_text
 from meter.ledger import LedgerWriter
 from meter.metrics import Metrics
 from meter.money import decimal_text
-from meter.pricing import PriceTable
+from meter.pricing import FREE, PriceTable
 from meter.proxy.forward import Upstream
 from meter.proxy.handler import ANTHROPIC_VERSION, UpstreamRequest
 from meter.usage import Usage
@@ -192,8 +191,8 @@ class BatchBilling:
             answered = message.get("model") if isinstance(message.get("model"), str) else None
         started, ended = batch["created_at"], datetime.now(UTC)
         price = self._prices.price_of_call(model, answered, started)
-        cost = price.cost(usage) if price is not None and message is not None else None
-        counters = usage.billed_counters()
+        # Errored, canceled and expired requests cost nothing; a succeeded one of an unpriced model: null.
+        cost = FREE if message is None else price.cost(usage) if price is not None else None
         row = LedgerRow(
             request_id=result_request_id(batch["id"], started, custom_id),
             tenant_id=batch["tenant_id"],
@@ -202,9 +201,8 @@ class BatchBilling:
             endpoint="batches",
             stream=False,
             status=200 if kind == "succeeded" else 400 if kind == "errored" else 0,
-            error_type=None if kind == "succeeded" else str(kind)[:64],
-            **counters,
-            cost_usd=(cost.total if cost else None) if message is not None else Decimal(0),
+            error_type=None if kind == "succeeded" else stored_text(kind),
+            **billed_columns(usage, cost),
             partial=False,
             stop_reason=message.get("stop_reason") if isinstance(message, dict) else None,
             upstream_request_id=f"{batch['id']}/{custom_id}",  # the result, as the upstream names it
@@ -212,17 +210,7 @@ class BatchBilling:
             finished_at=max(ended, started),
             duration_ms=max(0, int((ended - started) / timedelta(milliseconds=1))),
             ttfb_ms=None,
-            server_tool_use=usage.server_tool_use or None,
-            service_tier=usage.service_tier,
-            inference_geo=usage.inference_geo,
-            speed=usage.speed,
-            iterations=usage.iterations,
-            usage_extra=usage.extra or None,
-            response_model=answered,
-            fees={name: {"units": units, "usd": decimal_text(usd)} for name, (units, usd) in cost.fees.items()}
-            if cost and cost.fees
-            else None,
-            long_context=bool(cost and cost.long_context),
+            response_model=stored_text(answered),
         )
         settlement = None
         if batch["hold_id"] and message is not None:

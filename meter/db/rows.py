@@ -13,6 +13,10 @@ from typing import Any
 
 import msgspec
 
+from meter.money import decimal_text
+from meter.pricing import Cost
+from meter.usage import Usage
+
 
 class LedgerRow(msgspec.Struct, kw_only=True):
     request_id: str
@@ -62,6 +66,34 @@ class Settlement(msgspec.Struct, kw_only=True):
     usd: str  # exact decimal text
 
 
+# Stop reasons, error types, tiers and request ids are short; an upstream that sends more is cut.
+MAX_TEXT = 256
 LEDGER_FIELDS: tuple[str, ...] = LedgerRow.__struct_fields__
 # Fields stored as JSONB: sent to Postgres as JSON text.
 JSON_FIELDS = frozenset({"server_tool_use", "iterations", "usage_extra", "fees"})
+
+
+def billed_columns(usage: Usage, cost: Cost | None) -> dict[str, Any]:
+    """The columns of a ledger row that say what a call used and cost: the same for a request
+    (proxy/recorder.py) and a batch result (batches/billing.py). `cost` None: the model has no price."""
+    return {
+        **usage.billed_counters(),
+        "server_tool_use": usage.server_tool_use or None,
+        "service_tier": stored_text(usage.service_tier),
+        "inference_geo": stored_text(usage.inference_geo),
+        "speed": stored_text(usage.speed),
+        "iterations": usage.iterations,
+        "usage_extra": usage.extra or None,
+        "cost_usd": None if cost is None else cost.total,
+        "fees": {name: {"units": units, "usd": decimal_text(usd)} for name, (units, usd) in cost.fees.items()}
+        if cost is not None and cost.fees
+        else None,
+        "long_context": cost is not None and cost.long_context,
+    }
+
+
+def stored_text(value: object) -> str | None:
+    """A string the upstream sent, as the ledger can store it whatever it was: no NUL, bounded."""
+    if not isinstance(value, str):
+        return None
+    return value.replace("\x00", "")[:MAX_TEXT]

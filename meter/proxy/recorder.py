@@ -6,16 +6,11 @@ import time
 from datetime import timedelta
 from decimal import Decimal
 
-from meter.db.rows import LedgerRow
+from meter.db.rows import LedgerRow, billed_columns, stored_text
 from meter.ledger import LedgerWriter
 from meter.metrics import Metrics
-from meter.money import decimal_text
-from meter.pricing import Cost, PriceTable
+from meter.pricing import FREE, Cost, PriceTable
 from meter.proxy.exchange import Exchange
-
-# Stop reasons, error types and request ids are short; an upstream that sends more is cut.
-MAX_TEXT = 256
-FREE = Cost(Decimal(0), {}, False)
 
 
 class Recorder:
@@ -82,8 +77,6 @@ def _complete(exchange: Exchange) -> None:
 
 
 def _row(exchange: Exchange, duration: float, cost: Cost | None) -> LedgerRow:
-    usage = exchange.usage
-    counters = usage.billed_counters()
     return LedgerRow(
         request_id=exchange.request_id,
         tenant_id=exchange.caller.tenant_id,
@@ -92,32 +85,14 @@ def _row(exchange: Exchange, duration: float, cost: Cost | None) -> LedgerRow:
         endpoint=exchange.endpoint,
         stream=exchange.stream,
         status=exchange.status,
-        error_type=_text(exchange.error_type),
-        **counters,
-        server_tool_use=usage.server_tool_use or None,
-        service_tier=_text(usage.service_tier),
-        inference_geo=_text(usage.inference_geo),
-        speed=_text(usage.speed),
-        iterations=usage.iterations,
-        usage_extra=usage.extra or None,
-        response_model=_text(exchange.response_model),
-        cost_usd=None if cost is None else cost.total,
-        fees={name: {"units": units, "usd": decimal_text(usd)} for name, (units, usd) in cost.fees.items()}
-        if cost is not None and cost.fees
-        else None,
-        long_context=cost is not None and cost.long_context,
+        error_type=stored_text(exchange.error_type),
+        **billed_columns(exchange.usage, cost),
+        response_model=stored_text(exchange.response_model),
         partial=exchange.partial,
-        stop_reason=_text(exchange.stop_reason),
-        upstream_request_id=_text(exchange.upstream_request_id),
+        stop_reason=stored_text(exchange.stop_reason),
+        upstream_request_id=stored_text(exchange.upstream_request_id),
         started_at=exchange.started_at,
         finished_at=exchange.started_at + timedelta(seconds=duration),
         duration_ms=round(duration * 1000),
         ttfb_ms=None if exchange.ttfb_s is None else round(exchange.ttfb_s * 1000),
     )
-
-
-def _text(value: object) -> str | None:
-    """A string the upstream sent, as the ledger can store it whatever it was: no NUL, bounded."""
-    if not isinstance(value, str):
-        return None
-    return value.replace("\x00", "")[:MAX_TEXT]
