@@ -9,4 +9,6 @@ kind, web searches and USD. docs/reconciliation.md says what is compared and wha
     upstream.py  fetch both reports for a day range (every page), bucketed by (day, model)
     ledger.py    the ledger bucketed the same way, in one query
     report.py    the comparison: buckets, drift, what is over the threshold
+    job.py       the background job: one meter process per database reconciles yesterday and today
+                 every METER_RECONCILE_INTERVAL_S and exports the drift as metrics
 """

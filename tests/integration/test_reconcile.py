@@ -3,7 +3,9 @@ real `anthropic` and `openai` SDKs (several models, JSON and streams split anywh
 cache writes of both TTLs and late ones, batch, priority, US geo, fast mode, long context,
 compaction, an unpriced model, a failure), then `meter reconcile` as a subprocess finds the ledger
 and the upstream's own usage and cost reports in agreement, bucket by bucket, with the token totals
-the test sent; and a discrepancy injected at the upstream is reported, exactly, with exit status 1."""
+the test sent; a discrepancy injected at the upstream is reported, exactly, with exit status 1; the
+background job exports it as a gauge; and of two meter processes of one database only one
+reconciles, until it stops."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -26,7 +29,7 @@ import pytest
 
 from meter.db import migrate
 from meter.upstream_demo.config import DEFAULT_ADMIN_API_KEY
-from tests.support import Admin, Ledger, Process, create_database, start_demo_upstream, start_meter
+from tests.support import Admin, Ledger, Process, create_database, eventually, sample, start_demo_upstream, start_meter
 
 KINDS = (
     "uncached_input_tokens",
@@ -36,7 +39,8 @@ KINDS = (
     "output_tokens",
     "web_search_requests",
 )
-RECONCILE_ENV = {"METER_UPSTREAM_ADMIN_KEY": DEFAULT_ADMIN_API_KEY}
+RECONCILE_ENV = {"METER_UPSTREAM_ADMIN_KEY": DEFAULT_ADMIN_API_KEY, "METER_RECONCILE_INTERVAL_S": "0.5"}
+DRIFT, LAST_SUCCESS = "meter_reconcile_drift_usd", "meter_reconcile_last_success_timestamp_seconds"
 UNPRICED = "claude-unpriced-recon-model"
 ZERO_DRIFT = {**dict.fromkeys(KINDS, 0), "usd": "0.00"}
 CACHED_1H_SYSTEM = [{"type": "text", "text": "Be terse.", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
@@ -232,3 +236,57 @@ def test_an_injected_discrepancy_is_reported_exactly(
     finally:
         assert httpx.delete(recon_upstream.base_url + "/_demo/report-adjustments").status_code == 200
     assert reconcile(recon_database, recon_upstream).returncode == 0
+
+
+def test_the_background_job_exports_the_drift(
+    sent: dict[str, Counter[str]], recon_meter: Process, recon_upstream: Process
+) -> None:
+    assert eventually(lambda: sample(recon_meter.metrics_url, LAST_SUCCESS), waiting_for="a reconciliation")
+    today = datetime.now(UTC).date().isoformat()
+    adjustment = {"model": "claude-sonnet-4-6", "day": today, "usd": "-1.5"}
+    assert httpx.post(recon_upstream.base_url + "/_demo/report-adjustments", json=adjustment).status_code == 201
+    try:
+        eventually(lambda: sample(recon_meter.metrics_url, DRIFT, model="claude-sonnet-4-6") == -1.5, 30, "the drift")
+        assert sample(recon_meter.metrics_url, DRIFT, model="claude-haiku-4-5") == 0
+        # A model outside meter's price table is "other"; a model-less cost line keeps its name.
+        assert sample(recon_meter.metrics_url, DRIFT, model="other") == 0
+        assert sample(recon_meter.metrics_url, DRIFT, model="(web_search)") == 0
+        assert sample(recon_meter.metrics_url, DRIFT, model=UNPRICED) is None
+    finally:
+        assert httpx.delete(recon_upstream.base_url + "/_demo/report-adjustments").status_code == 200
+    eventually(lambda: sample(recon_meter.metrics_url, DRIFT, model="claude-sonnet-4-6") == 0, 30, "no drift")
+    assert sample(recon_meter.metrics_url, "meter_reconcile_errors_total") == 0
+
+
+def reconciled_after(meter: Process, moment: float) -> float:
+    """When `meter` last reconciled, once that is after `moment`."""
+
+    def later() -> float | None:
+        done = sample(meter.metrics_url, LAST_SUCCESS)
+        return done if done is not None and done > moment else None
+
+    return eventually(later, 30, f"{meter.base_url} to reconcile")
+
+
+def test_one_meter_process_of_a_database_reconciles_at_a_time(
+    postgres_server: str, recon_upstream: Process, tmp_path: Path
+) -> None:
+    database = create_database(postgres_server, f"meter_lock_{os.getpid()}_{secrets.token_hex(3)}")
+    migrate.upgrade(database)
+    first = start_meter(database, recon_upstream.base_url, tmp_path / "first", **RECONCILE_ENV)
+    second: Process | None = None
+    try:
+        reconciled = reconciled_after(first, 0)
+        second = start_meter(database, recon_upstream.base_url, tmp_path / "second", **RECONCILE_ENV)
+        # While the first reconciles again and again, the second (trying as often) never does.
+        for _ in range(3):
+            reconciled = reconciled_after(first, reconciled)
+        assert sample(second.metrics_url, LAST_SUCCESS) == 0
+        assert sample(second.metrics_url, "meter_reconcile_errors_total") == 0
+        first.stop()
+        # Its session ended, and the lock with it: the second takes over.
+        reconciled_after(second, 0)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()

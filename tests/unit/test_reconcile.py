@@ -1,13 +1,18 @@
 """The reconciliation's comparison, without I/O: drift per bucket, what is not compared (code
-execution, the priority tier, unpriced rows' cost), the threshold, and its settings."""
+execution, the priority tier, unpriced rows' cost), the threshold, the gauges the job sets, and its
+settings."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from meter.metrics import Metrics
+from meter.pricing import Price, PriceTable, TokenPrices
+from meter.reconcile.job import publish
 from meter.reconcile.report import KINDS, LedgerSide, Side, compare, cost_line, fee_line
 from meter.settings import ConfigError, Settings
 
@@ -85,6 +90,29 @@ def test_what_meter_does_not_meter_is_shown_and_not_compared() -> None:
 def test_fees_go_to_the_cost_reports_model_less_lines() -> None:
     assert fee_line("web_search_requests") == cost_line("web_search") == "(web_search)"
     assert fee_line("future_fee") == "(future_fee)"
+
+
+def test_the_gauges_bound_their_labels_and_reset_what_is_gone() -> None:
+    metrics = Metrics(CollectorRegistry())
+    prices = PriceTable([Price("claude-haiku-4-5", datetime(2025, 1, 1, tzinfo=UTC), TokenPrices(*[D(1)] * 5))])
+    seen: set[str] = set()
+    report = compare(
+        DAY,
+        DAY,
+        THRESHOLD,
+        {(DAY, "claude-haiku-4-5"): side("1.5"), (DAY, "x-1"): side("1"), (DAY, "x-2"): side("2")},
+        {(DAY, "(web_search)"): ledger("0.25")},
+    )
+    publish(report, metrics, prices, seen)
+
+    def gauge(label: str) -> float | None:
+        return metrics.registry.get_sample_value("meter_reconcile_drift_usd", {"model": label})
+
+    assert (gauge("claude-haiku-4-5"), gauge("other"), gauge("(web_search)")) == (1.5, 3.0, -0.25)
+    assert gauge("x-1") is None
+    assert (metrics.registry.get_sample_value("meter_reconcile_last_success_timestamp_seconds") or 0) > 0
+    publish(compare(DAY, DAY, THRESHOLD, {}, {}), metrics, prices, seen)
+    assert (gauge("claude-haiku-4-5"), gauge("other"), gauge("(web_search)")) == (0, 0, 0)
 
 
 @pytest.mark.parametrize(
