@@ -45,6 +45,7 @@ from meter.proxy.handler import Services
 from meter.proxy.limits import Limiter
 from meter.proxy.recorder import Recorder
 from meter.proxy.routes import ProxyRoutes
+from meter.reconcile.job import keep_reconciled
 from meter.settings import Settings
 
 
@@ -134,6 +135,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             asyncio.create_task(parts.keys.listen(database_url)),
             asyncio.create_task(report_budgets(parts.engine, parts.metrics)),
             asyncio.create_task(parts.billing.run()),
+            asyncio.create_task(keep_reconciled(settings, parts.engine, parts.metrics, parts.prices)),
         ]
         stop_exposition = None
         if settings.metrics_address and settings.workers == 1:

@@ -178,6 +178,28 @@ class Metrics:
         for endpoint in endpoints:
             for stream in ("true", "false"):
                 self.duration.labels(endpoint, stream)
+        # Reconciliation with the upstream's own reports (meter/reconcile): one process of a database
+        # sets these. The drift is of yesterday and today (UTC), upstream minus ledger; models outside
+        # the price table are "other", model-less cost lines keep their name, e.g. "(web_search)".
+        self.reconcile_drift = Gauge(
+            "meter_reconcile_drift_usd",
+            "USD the upstream's cost report says minus what the ledger billed, yesterday and today (UTC)",
+            ["model"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        # 0 until a process of this database has reconciled once; the newest success across processes.
+        self.reconcile_last_success = Gauge(
+            "meter_reconcile_last_success_timestamp_seconds",
+            "When the ledger was last reconciled with the upstream's reports (Unix time; 0: not yet)",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.reconcile_errors = Counter(
+            "meter_reconcile_errors_total",
+            "Reconciliations that failed (upstream reports or ledger unreadable); retried next interval",
+            registry=registry,
+        )
 
     def upstream_error(self, kind: str) -> None:
         self.upstream_errors.labels(kind if kind in UPSTREAM_ERROR_TYPES else "other").inc()

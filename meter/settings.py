@@ -10,6 +10,7 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,6 +23,17 @@ POSTGRES_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
 
 class ConfigError(ValueError):
     """Invalid configuration; the CLI prints its message as one line and exits."""
+
+
+class UsdAmount(Decimal):
+    """A USD amount read from the environment: exact, and a ValueError (not Decimal's own
+    InvalidOperation) when the text is not a number, so `from_env` reports it as a bad value."""
+
+    def __new__(cls, value: str = "0") -> UsdAmount:
+        try:
+            return super().__new__(cls, value)
+        except ArithmeticError:
+            raise ValueError(f"not a decimal number: {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,12 @@ class Settings:
     # `host:port` where /metrics is also served without the admin token (a network only Prometheus
     # reaches); on the main port /metrics always needs the admin token.
     metrics_address: str | None = None
+    # The operator's Admin API key (sk-ant-admin...), for the upstream's usage and cost reports: when
+    # set, one meter process per database reconciles the ledger against them (meter/reconcile).
+    upstream_admin_key: str | None = field(default=None, repr=False)
+    # How often that reconciliation runs, and the USD drift of a (day, model) bucket it tolerates.
+    reconcile_interval_s: float = 3600.0
+    reconcile_drift_usd: Decimal = Decimal("0.01")
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.upstream_url).scheme
@@ -127,6 +145,10 @@ class Settings:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"METER_{name.upper()} must not be negative, got {getattr(self, name)}")
+        if not self.reconcile_interval_s > 0:
+            raise ConfigError(f"METER_RECONCILE_INTERVAL_S must be positive, got {self.reconcile_interval_s}")
+        if not (self.reconcile_drift_usd.is_finite() and self.reconcile_drift_usd >= 0):
+            raise ConfigError(f"METER_RECONCILE_DRIFT_USD must be a USD amount >= 0, got {self.reconcile_drift_usd}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -209,4 +231,7 @@ ENV_FIELDS: dict[str, type] = {
     "reserve_image_tokens": int,
     "reserve_server_tool_uses": int,
     "reserve_tool_result_tokens": int,
+    "upstream_admin_key": str,
+    "reconcile_interval_s": float,
+    "reconcile_drift_usd": UsdAmount,
 }

@@ -83,6 +83,17 @@ def metric(base_url: str, name: str, **labels: str) -> float:
     )
 
 
+def sample(metrics_url: str, name: str, **labels: str) -> float | None:
+    """The value of the sample `name` with exactly these labels at a /metrics that needs no token
+    (`Process.metrics_url`), or None when it is not exported."""
+    text = httpx.get(metrics_url, headers={"connection": "close"}, timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and found.labels == labels:
+                return float(found.value)
+    return None
+
+
 def upstream_requests(upstream: Process) -> list[tuple[str, str]]:
     """(method, raw path with query) of every request the demo upstream has received, oldest first."""
     seen = httpx.get(upstream.base_url + "/_demo/seen", timeout=10).json()["requests"]
