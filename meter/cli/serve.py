@@ -45,6 +45,8 @@ def register(commands: Any) -> None:
     demo.add_argument("--latency-ms", type=float, default=0.0)
     demo.add_argument("--tokens-per-second", type=float, default=0.0)
     demo.add_argument("--output-tokens", type=int, default=12)
+    demo.add_argument("--admin-api-key", help="key of its Admin API (usage and cost reports)")
+    demo.add_argument("--batch-seconds", type=float, help="how long a message batch runs (default 2)")
     demo.set_defaults(run=_demo_upstream)
 
 
@@ -68,6 +70,7 @@ def _demo_upstream(args: argparse.Namespace) -> None:
         latency_ms=args.latency_ms,
         tokens_per_second=args.tokens_per_second,
         output_tokens=args.output_tokens,
+        **{name: value for name in ("admin_api_key", "batch_seconds") if (value := getattr(args, name)) is not None},
     )
     run_demo_upstream(args.host, args.port, config)
 

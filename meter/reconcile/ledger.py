@@ -1,8 +1,9 @@
 """The ledger's side: `usage_events` bucketed as the upstream's reports are, by the UTC day a call
 started and the model the upstream answered with.
 
-Only calls that reached the Messages API count (`messages`, `chat.completions`): the other endpoints
-bill nothing upstream. Token costs are a row's cost minus its fees, which go to their own buckets
+Only calls that reached the Messages API count (`messages`, `chat.completions`, and `batches`: the
+results of message batches, dated by the batch's creation as the upstream reports them): the
+other endpoints bill nothing upstream. Token costs are a row's cost minus its fees, which go to their own buckets
 (report.py); priority-tier rows' costs are kept apart, since the upstream's cost report has none.
 """
 
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from meter.periods import midnight
 from meter.reconcile.report import KINDS, BucketKey, LedgerSide, fee_line
 
-ENDPOINTS = ("messages", "chat.completions")
+ENDPOINTS = ("messages", "chat.completions", "batches")
 # Request ids are `req_` + 12 hex digits of the millisecond the request arrived (credentials.new_id):
 # a range of ids is a range of the primary key's index, where a range of started_at would scan the
 # table. The margin covers the time between the id and started_at (authentication, at most seconds).

@@ -39,7 +39,11 @@ KINDS = (
     "output_tokens",
     "web_search_requests",
 )
-RECONCILE_ENV = {"METER_UPSTREAM_ADMIN_KEY": DEFAULT_ADMIN_API_KEY, "METER_RECONCILE_INTERVAL_S": "0.5"}
+RECONCILE_ENV = {
+    "METER_UPSTREAM_ADMIN_KEY": DEFAULT_ADMIN_API_KEY,
+    "METER_RECONCILE_INTERVAL_S": "0.5",
+    "METER_BATCH_POLL_S": "0.2",
+}
 DRIFT, LAST_SUCCESS = "meter_reconcile_drift_usd", "meter_reconcile_last_success_timestamp_seconds"
 UNPRICED = "claude-unpriced-recon-model"
 ZERO_DRIFT = {**dict.fromkeys(KINDS, 0), "usd": "0.00"}
@@ -82,6 +86,9 @@ CALLS = [
     Call(UNPRICED, False, 10, 3),
 ]  # fmt: skip
 CHAT = Call("claude-haiku-4-5", False, 700, 9)  # through the OpenAI-compatible endpoint
+# A message batch of three such requests, billed from its results at the batch tier.
+BATCHED = Call("claude-sonnet-4-6", False, 800, 11)
+BATCH_SIZE = 3
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +150,17 @@ def sent(recon_meter: Process, recon_database: str) -> dict[str, Counter[str]]:
         openai.OpenAI(base_url=recon_meter.base_url + "/v1", api_key=key, max_retries=0) as chat,
     ):
         request_ids = [send(call, sdk, chat) for call in [*CALLS, CHAT]]
+        controls = {
+            "x-demo-input-tokens": str(BATCHED.input),
+            "x-demo-output-tokens": str(BATCHED.output),
+            "x-demo-batch-seconds": "0.2",
+        }
+        question: Any = [{"role": "user", "content": "Reconcile me."}]
+        batch_requests: Any = [
+            {"custom_id": f"b{i}", "params": {"model": BATCHED.model, "max_tokens": 64, "messages": question}}
+            for i in range(BATCH_SIZE)
+        ]
+        batch = sdk.messages.batches.create(requests=batch_requests, extra_headers=controls)
         with pytest.raises(anthropic.APIStatusError):  # a failure bills nothing on either side
             sdk.messages.create(
                 model="claude-sonnet-4-6", max_tokens=8, messages=[{"role": "user", "content": "x"}],
@@ -151,8 +169,14 @@ def sent(recon_meter: Process, recon_database: str) -> dict[str, Counter[str]]:
     for request_id in request_ids:
         row = ledger.row(request_id)
         assert row["status"] == 200 and not row["partial"], row
+
+    def batch_billed() -> bool:
+        rows = [r for r in ledger.rows(endpoint="batches") if r["upstream_request_id"].startswith(batch.id)]
+        return len(rows) == BATCH_SIZE and all(r["service_tier"] == "batch" for r in rows)
+
+    eventually(batch_billed, 30, "the batch's results billed")
     totals: dict[str, Counter[str]] = {}
-    for call in [*CALLS, CHAT]:
+    for call in [*CALLS, CHAT, *[BATCHED] * BATCH_SIZE]:
         totals.setdefault(call.model, Counter()).update(call.counts())
     return totals
 
