@@ -9,6 +9,7 @@ work and are re-hashed on their first use (proxy/auth.py).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -30,8 +31,10 @@ HASH_PREFIX = "hm1_"
 class KeyHasher:
     def __init__(self, pepper: str) -> None:
         self._pepper = pepper.encode()
+        # The same few keys call again and again: their hashes are remembered (bounded, per process).
+        self.hash = functools.lru_cache(maxsize=4096)(self._hash)
 
-    def hash(self, secret: str) -> str:
+    def _hash(self, secret: str) -> str:
         return HASH_PREFIX + hmac.new(self._pepper, secret.encode(), hashlib.sha256).hexdigest()
 
     def fingerprint(self) -> str:

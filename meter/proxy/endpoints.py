@@ -108,10 +108,28 @@ class Route:
     path: str
 
 
+# Paths without parameters are looked up (nearly every request has one); the rest are matched.
+_LITERAL: dict[tuple[str, ...], list[Endpoint]] = {}
+for _endpoint in ENDPOINTS:
+    if not any(segment.startswith("{") for segment in _endpoint.segments):
+        _LITERAL.setdefault(_endpoint.segments, []).append(_endpoint)
+_PATTERNED = [endpoint for endpoint in ENDPOINTS if endpoint.segments not in _LITERAL]
+_NO_PARAMS: dict[str, str] = {}
+# A route for each literal path and method, made once: routing the common request allocates nothing.
+_ROUTES = {
+    (path, endpoint.method): Route(endpoint, tuple(endpoints), _NO_PARAMS, endpoint.path)
+    for path, endpoints in _LITERAL.items()
+    for endpoint in endpoints
+}
+
+
 def route(method: str, segments: list[str]) -> Route | None:
     """The route of a request whose path is `segments` (see `path_segments`), or None if the
     path is not one of the table's."""
-    matches = [(endpoint, params) for endpoint in ENDPOINTS if (params := endpoint.match(segments)) is not None]
+    literal = _LITERAL.get(tuple(segments))
+    if literal is not None:
+        return _ROUTES.get((tuple(segments), method)) or Route(None, tuple(literal), _NO_PARAMS, "")
+    matches = [(endpoint, params) for endpoint in _PATTERNED if (params := endpoint.match(segments)) is not None]
     if not matches:
         return None
     chosen = next(((e, p) for e, p in matches if e.method == method), None)
@@ -135,7 +153,9 @@ def path_segments(raw_path: str) -> list[str] | None:
         return None
     if raw_path == "/":
         return []
-    segments = [unquote(segment) for segment in raw_path[1:].split("/")]
+    segments = raw_path[1:].split("/")
+    if "%" in raw_path:
+        segments = [unquote(segment) for segment in segments]
     for segment in segments:
         if segment in ("", ".", "..") or not segment.isprintable() or "\\" in segment:
             return None

@@ -51,21 +51,25 @@ async def _read_into(
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit, close=int(declared) > DISCARD_LIMIT)
     size = 0
-    while True:
-        try:
-            async with asyncio.timeout(timeout_s):
+    loop = asyncio.get_running_loop()
+    # One deadline for the whole body, moved on by each chunk: `timeout_s` of silence ends it.
+    deadline = asyncio.timeout(timeout_s)
+    try:
+        async with deadline:
+            while True:
                 message = await receive()
-        except TimeoutError:
-            raise RequestTimeout(f"The request body did not arrive: nothing for {timeout_s:g} s.") from None
-        if message["type"] == "http.disconnect":
-            raise InvalidRequest("The client closed the connection before sending the whole body.")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit, close=True)
-        sink(chunk)
-        if not message.get("more_body", False):
-            break
+                if message["type"] == "http.disconnect":
+                    raise InvalidRequest("The client closed the connection before sending the whole body.")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit, close=True)
+                sink(chunk)
+                if not message.get("more_body", False):
+                    return
+                deadline.reschedule(loop.time() + timeout_s)
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive: nothing for {timeout_s:g} s.") from None
 
 
 async def spool_body(headers: dict[bytes, bytes], receive: Any, limit: int, timeout_s: float) -> IO[bytes]:

@@ -34,8 +34,9 @@ from meter.upstream_demo.tokens import count_input_tokens
 from meter.upstream_demo.usage import Usage, asks_for_1h_cache, reply_usage
 
 SEEN_MAX = 100_000
-# Anthropic's body cap for Messages and count_tokens.
+# Anthropic's body caps: Messages and count_tokens, and batch creation.
 MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_BATCH_BYTES = 256 * 1024 * 1024
 # A failing stream (`x-demo-error: midstream|drop`) sends this many content deltas first.
 DELTAS_BEFORE_FAILURE = 2
 # The numeric `x-demo-error` values: status, message and the `retry-after` a client should honour.
@@ -69,8 +70,14 @@ class DemoUpstream:
 
     async def _read(self, request: web.Request) -> bytes:
         self._seen.append((request.method, request.raw_path))
+        # Anthropic's caps: 256 MB to create a batch, 32 MB for everything else.
+        cap = MAX_BATCH_BYTES if request.path == "/v1/messages/batches" else MAX_BODY_BYTES
         try:
+            if (request.content_length or 0) > cap:
+                raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=request.content_length or 0)
             body = await request.read()
+            if len(body) > cap:
+                raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=len(body))
         except web.HTTPRequestEntityTooLarge:
             self._last = (request.method, request.path, request.query_string, request.headers, b"")
             raise DemoError(413, "Request exceeds the maximum allowed number of bytes.") from None
@@ -312,7 +319,7 @@ def _drop(request: web.Request, response: web.StreamResponse | None = None) -> w
 def create_demo_app(config: DemoConfig) -> web.Application:
     """The demo upstream application; every setting comes from `config`."""
     upstream = DemoUpstream(config)
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BATCH_BYTES)
     router = app.router
     router.add_post("/v1/messages", upstream.messages)
     router.add_post("/v1/messages/count_tokens", upstream.count_tokens)

@@ -245,3 +245,20 @@ def test_files_are_owned_per_tenant(batch_meter: Process, upstream: Process) -> 
         assert last["headers"]["x-api-key"] == OPERATOR_KEY and owner_key["key"] not in json.dumps(last)
         owner.beta.files.delete(uploaded.id)
         assert [f.id for f in owner.beta.files.list()] == []
+
+
+def test_a_batch_larger_than_a_messages_body_is_streamed_through(batch_meter: Process, ledger: Ledger) -> None:
+    """40 MB, past the 32 MB cap of one Messages call and within a batch's 256 MB: meter spools it
+    to a file and streams it on, checking each request as it goes."""
+    client, key = tenant(batch_meter)
+    text = "lorem ipsum " * (10 * 1024 * 1024 // 12)  # 10 MB per request
+    big: Any = [
+        {"custom_id": f"big{i}", "params": {"model": "claude-haiku-4-5", "max_tokens": 5,
+                                           "messages": [{"role": "user", "content": text}]}}
+        for i in range(4)
+    ]  # fmt: skip
+    with client:
+        batch = client.messages.batches.create(requests=big, extra_headers={"x-demo-batch-seconds": "0.5"})
+        assert ended(client, batch.id).request_counts.succeeded == 4
+    rows = billed_rows(ledger, key["tenant_id"], 4)
+    assert all(row["input_tokens"] > 1_000_000 and row["cost_usd"] > 0 for row in rows)
