@@ -132,7 +132,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         background = [
             asyncio.create_task(parts.prices.follow(parts.engine)),
             asyncio.create_task(parts.gateway.limiter.housekeeping()),
-            asyncio.create_task(parts.keys.listen(database_url)),
+            asyncio.create_task(parts.keys.listen(database_url, parts.gateway.limiter.followers())),
             asyncio.create_task(report_budgets(parts.engine, parts.metrics)),
             asyncio.create_task(parts.billing.run()),
             asyncio.create_task(keep_reconciled(settings, parts.engine, parts.metrics, parts.prices)),
@@ -150,6 +150,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             # Let them finish their cleanup (a billing worker gives its lease back) while the
             # database is still there.
             await asyncio.wait(background, timeout=5.0)
+            await parts.gateway.limiter.leases.close()
             await parts.ledger.close(settings.shutdown_grace_s)
             await parts.upstream.aclose()
             await parts.engine.dispose()

@@ -312,3 +312,17 @@ class Ledger:
     def row(self, request_id: str, timeout_s: float = 10.0) -> dict[str, Any]:
         found = eventually(lambda: self.rows(request_id=request_id), timeout_s, f"the ledger row of {request_id}")
         return found[0]
+
+
+def sql(url: str, statement: str, *arguments: Any) -> list[dict[str, Any]]:
+    """Rows of one statement run on the database at `url` (for checks of state meter keeps there)."""
+    import asyncpg
+
+    async def run() -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(_asyncpg_dsn(url))
+        try:
+            return [dict(row) for row in await conn.fetch(statement, *arguments)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())

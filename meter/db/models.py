@@ -193,8 +193,9 @@ LIMIT_SETTINGS = (
     "budget_usd_per_month",
 )
 
-# One row per in-flight request that reserved headroom; released by settlement, or by expiry if
-# the process that made it died (its owner renews `expires_at` while it lives).
+# Reserved headroom: one row per in-flight request or batch that reserved its own, and one per lease
+# a process holds; released by settlement (or returned), or by expiry if the process that made it
+# died (its owner renews `expires_at` while it lives).
 holds = Table(
     "holds",
     metadata,
@@ -204,8 +205,10 @@ holds = Table(
     Column("tokens", BigInteger, nullable=False),
     Column("usd", Money, nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
-    # Whether the hold takes a concurrency slot (a request does; a batch, running for hours, does not).
-    Column("slot", Boolean, nullable=False, server_default="true"),
+    # Concurrency slots held: a request's hold takes one, a batch's none, a lease as many as it leased.
+    Column("slots", Integer, nullable=False, server_default="0"),
+    # A process's lease of headroom (proxy/leases.py), spent by many requests, rather than one request's.
+    Column("lease", Boolean, nullable=False, server_default="false"),
 )
 
 credit_transactions = Table(

@@ -1,5 +1,6 @@
 """Postgres NOTIFY between meter processes: an admin change to keys, tenants or limits tells every
-process's key cache to forget what it holds."""
+process's key cache to forget what it holds (and its leases to give back what they hold); a process
+refused for want of headroom that other processes' leases hold asks them for it back."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 KEYS_CHANNEL = "meter_keys"
 EVERY_KEY = "*"
 
+# The payload is "<subject>,<subject>|<owner>": the subjects whose leases should be given back, and
+# the process asking (which keeps its own).
+RECLAIM_CHANNEL = "meter_reclaim"
+
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
 
@@ -25,3 +30,7 @@ async def keys_withdrawn(conn: AsyncConnection, key_hashes: Iterable[str | None]
     """Announce keys that may have stopped working, one notification per hash."""
     for key_hash in {h for h in key_hashes if h}:
         await conn.execute(_NOTIFY, {"channel": KEYS_CHANNEL, "payload": key_hash})
+
+
+def reclaim_payload(subjects: Iterable[str], owner: str) -> str:
+    return ",".join(subjects) + "|" + owner

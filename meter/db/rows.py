@@ -55,7 +55,7 @@ class LedgerRow(msgspec.Struct, kw_only=True):
 
 
 class Settlement(msgspec.Struct, kw_only=True):
-    """Encoded as JSON for meter_settle (see the 0002 migration), which reads these keys."""
+    """Encoded as JSON for meter_settle (see the 0009 migration), which reads these keys."""
 
     hold: str
     request_id: str
@@ -64,6 +64,8 @@ class Settlement(msgspec.Struct, kw_only=True):
     month: str
     tokens: int
     usd: str  # exact decimal text
+    # A share of a lease: only what was used leaves it (a request's own hold is released whole).
+    lease: bool = False
 
 
 # Stop reasons, error types, tiers and request ids are short; an upstream that sends more is cut.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -195,8 +196,10 @@ class KeyCache:
         else:
             self._stale.add(key_hash)
 
-    async def listen(self, database_url: str) -> None:
-        """Follow key changes announced on KEYS_CHANNEL; reconnect on loss. Runs until cancelled."""
+    async def listen(self, database_url: str, followers: Mapping[str, Callable[[str], None]] | None = None) -> None:
+        """Follow key changes announced on KEYS_CHANNEL; reconnect on loss. Runs until cancelled.
+        `followers` hear the payloads of their channels (KEYS_CHANNEL's too, and "*" on reconnect)."""
+        followers = dict(followers or {})
         while True:
             try:
                 connection = await asyncpg.connect(libpq_url(database_url))
@@ -207,8 +210,12 @@ class KeyCache:
             connection.add_termination_listener(lambda _, lost=lost: lost.set())
             try:
                 await connection.add_listener(KEYS_CHANNEL, self._on_notice)
+                for channel, follow in followers.items():
+                    await connection.add_listener(channel, lambda _c, _p, _ch, payload, f=follow: f(payload))
                 # Anything may have changed while not listening.
                 self.forget()
+                if KEYS_CHANNEL in followers:
+                    followers[KEYS_CHANNEL](EVERY_KEY)
                 self._ttl_s = self._listening_ttl_s
                 await lost.wait()
             except (OSError, asyncpg.PostgresError):

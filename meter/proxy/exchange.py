@@ -4,6 +4,7 @@ filled in stage by stage) and the Hold (the limit reservation it carries until i
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -17,13 +18,22 @@ from meter.usage import Usage
 
 @dataclass(frozen=True)
 class Hold:
+    """What a request holds: its own reservation, or a share of its process's lease (`lease`), and
+    the UTC day and month its usage counts in."""
+
     id: str
     request_id: str
     subjects: tuple[str, ...]
     day: str
     month: str
+    lease: bool = False
+    # Gives the unused part of the request's bound back to the lease (proxy/leases.py).
+    finish: Callable[[int, Decimal], None] | None = None
 
     def settlement(self, tokens: int, usd: Decimal | None) -> Settlement:
+        """The request is over: the settlement its ledger row carries (and the lease has its rest back)."""
+        if self.finish is not None:
+            self.finish(tokens, usd or Decimal(0))
         return Settlement(
             hold=self.id,
             request_id=self.request_id,
@@ -32,6 +42,7 @@ class Hold:
             month=self.month,
             tokens=tokens,
             usd=decimal_text(usd or 0),
+            lease=self.lease,
         )
 
 

@@ -1,10 +1,12 @@
 """Stage 2 of the request path: limits, budgets and prepaid credit.
 
-Before forwarding, a request of a limited tenant or key reserves its worst case (estimate.py) with
-one call of the SQL function meter_reserve: atomic across every meter process sharing the
-database. After the call, the ledger writer settles it to the exact usage in the same transaction
-as its ledger row, so the hot path costs one round trip. Holds carry an expiry that their process
-renews while it lives: a killed process's holds lapse and give their headroom back.
+Before forwarding, a request of a limited tenant or key takes its worst case (estimate.py) from
+its process's lease of the tenant's and key's headroom (leases.py): no round trip while the lease
+covers it, one call of meter_lease when it must be refilled, atomic across every meter process
+sharing the database. A handler that works out its own reservation (a batch, held for hours)
+reserves it with one call of meter_reserve instead. Either way the ledger writer settles the exact
+usage in the same transaction as the request's ledger row. Holds and leases carry an expiry that
+their process renews while it lives: a killed process's lapse and give their headroom back.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import json
 import logging
 import math
 import secrets
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -23,14 +27,17 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from meter.db.engine import once_more_if_disconnected
+from meter.db.notices import KEYS_CHANNEL, RECLAIM_CHANNEL
 from meter.errors import InvalidRequest, MeterError, Overloaded, RateLimited
 from meter.metrics import Metrics
 from meter.money import decimal_text
+from meter.periods import month_start
 from meter.pricing import PriceTable
 from meter.proxy import estimate
 from meter.proxy.auth import Caller
 from meter.proxy.estimate import RequestShape
 from meter.proxy.exchange import Exchange, Hold
+from meter.proxy.leases import LeaseBook, Need, Refused
 
 log = logging.getLogger("meter.limits")
 
@@ -39,6 +46,8 @@ _RENEW_HOLDS = text(
     "UPDATE holds SET expires_at = clock_timestamp() + make_interval(secs => :ttl) WHERE owner = :owner"
 )
 _EXPIRE = text("SELECT meter_expire_holds()")
+# How often idle and retired leases give their headroom back.
+LEASE_TIDY_S = 0.5
 
 # The SDKs honour retry-after only up to a minute; past that, tell them not to retry at all.
 SDK_RETRY_WINDOW_S = 60
@@ -70,8 +79,9 @@ class Limiter:
         self._prices = prices
         self._metrics = metrics
         self._ttl_s = hold_ttl_s
-        # Identifies this process's holds, renewed while it lives.
+        # Identifies this process's holds and leases, renewed while it lives.
         self.owner = "proc_" + secrets.token_hex(6)
+        self.leases = LeaseBook(hot_engine, metrics, self.owner, hold_ttl_s)
 
     async def reserve(self, exchange: Exchange) -> None:
         """Reserve the worst case for `exchange`, or raise the error the tenant should see."""
@@ -79,6 +89,9 @@ class Limiter:
         if not caller.limit_subjects:
             return
         tokens, usd = self._worst_case(exchange)
+        if exchange.reservation is None:
+            await self._take_from_lease(exchange, Need(tokens, usd, slots=1))
+            return
         hold_id = "hold_" + exchange.request_id
         own = exchange.reservation
         arguments = {
@@ -109,6 +122,27 @@ class Limiter:
         exchange.hold = Hold(hold_id, exchange.request_id, caller.limit_subjects, answer["day"], answer["month"])
         exchange.response_headers = ratelimit_headers(answer)
 
+    async def _take_from_lease(self, exchange: Exchange, need: Need) -> None:
+        subjects = exchange.caller.limit_subjects
+        try:
+            lease, finish = await self.leases.take(subjects, need)
+        except Refused as refused:
+            self._metrics.limit_rejections.labels(refused.refusal["reason"]).inc()
+            raise refusal_error(refused.refusal) from None
+        except (DBAPIError, OSError) as exc:
+            raise Overloaded("meter cannot check limits right now; try again shortly.") from exc
+        day = exchange.started_at.date()
+        exchange.hold = Hold(
+            lease.id, exchange.request_id, subjects, day.isoformat(), month_start(day).isoformat(), True, finish
+        )
+        headers: dict[str, str] = {}
+        for family, name in (("request_header", "requests"), ("token_header", "tokens")):
+            remaining = lease.remaining(family)
+            if remaining is not None:
+                base = lease.headers[family]
+                headers.update(_family_headers(name, base["limit"], remaining, base["reset"]))
+        exchange.response_headers = [(k.encode(), v.encode()) for k, v in headers.items()]
+
     def _worst_case(self, exchange: Exchange) -> tuple[int, Decimal]:
         if exchange.reservation is not None:
             return exchange.reservation.tokens, exchange.reservation.usd
@@ -131,9 +165,16 @@ class Limiter:
         )
 
     async def housekeeping(self) -> None:
-        """Renew this process's holds and release holds whose process died; runs until cancelled."""
+        """Renew this process's holds, release holds whose process died, give back what idle leases
+        hold; runs until cancelled."""
+        renew_every = min(5.0, self._ttl_s / 3)
+        renewed = time.monotonic()
         while True:
-            await asyncio.sleep(min(5.0, self._ttl_s / 3))
+            await asyncio.sleep(min(renew_every, LEASE_TIDY_S))
+            await self.leases.tidy()
+            if time.monotonic() - renewed < renew_every:
+                continue
+            renewed = time.monotonic()
             try:
                 async with self._engine.begin() as conn:
                     await conn.execute(_RENEW_HOLDS, {"ttl": self._ttl_s, "owner": self.owner})
@@ -142,6 +183,12 @@ class Limiter:
                     log.warning("released %d expired holds of stopped processes", released)
             except (DBAPIError, OSError):
                 log.warning("hold housekeeping failed; retrying", exc_info=True)
+
+    def followers(self) -> dict[str, Callable[[str], None]]:
+        """What the leases follow of the database's notices (auth.KeyCache.listen delivers them):
+        any change to keys, tenants, limits or credit retires every lease, so the new settings hold at
+        once; a reclaim asks for the headroom of some subjects back."""
+        return {KEYS_CHANNEL: lambda _payload: self.leases.retire(), RECLAIM_CHANNEL: self.leases.on_reclaim}
 
 
 def refusal_error(refusal: dict[str, Any]) -> MeterError:

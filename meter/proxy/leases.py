@@ -1,0 +1,323 @@
+"""Headroom leases: how a limited request is admitted without a round trip to Postgres.
+
+A process takes a slice of a subject set's headroom (tokens, USD, requests per minute, concurrency
+slots) with one call of meter_lease (migration 0009) and spends it locally, request by request.
+What a lease holds counts in Postgres as held, exactly like one request's reservation, so for every
+limited subject, always:
+
+    settled usage + everything held (leases and reservations) <= limit
+
+A finished request gives its unused worst case back to the lease; its ledger row's settlement moves
+what it used from the lease to the settled counters (meter_settle). A lease is refilled in the
+background before it runs out, and returns its unused part when idle, on shutdown, when the
+operator changes anything (NOTIFY), and when another process is refused while leases hold headroom
+(`reclaim`). Each slice is at most a `share` of what is left, so slices shrink as the headroom runs
+low and the last of a budget is granted request by request: exact, never overspent. A lease is a
+hold owned by its process: it lapses `hold_ttl_s` after the process dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from meter.db.engine import once_more_if_disconnected
+from meter.db.notices import RECLAIM_CHANNEL, reclaim_payload
+from meter.metrics import Metrics
+
+log = logging.getLogger("meter.leases")
+
+_LEASE = text(
+    "SELECT meter_lease(:lease, :owner, :subjects, :need_tokens, :need_usd, :need_requests, :need_slots,"
+    " :have_tokens, :have_usd, :have_requests, :have_slots, :want_tokens, :want_usd, :want_requests,"
+    " :want_slots, :share, :ttl)"
+)
+_RETURN = text("SELECT meter_lease_return(:lease, :subjects, :tokens, :usd, :requests, :slots)")
+_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
+
+# A slice is at most this share of what a subject has left beyond the request at hand.
+SHARE = Decimal("0.25")
+# A slice covers this many requests like the last one, doubling while refills come quickly.
+FIRST_MULTIPLE, MAX_MULTIPLE = 8, 512
+SLOTS_PER_SLICE = 8
+# A lease unused this long gives its headroom back.
+IDLE_S = 2.0
+# Refill in the background once any dimension falls below this share of what was last granted.
+REFILL_BELOW = 0.25
+# How long a refused request waits for other processes to give back what their leases hold unused
+# (a NOTIFY and one statement each: milliseconds), polling so often; past it, the refusal stands.
+RECLAIM_WAIT_S = 0.15
+RECLAIM_POLL_S = 0.015
+
+
+@dataclass
+class Need:
+    """What one request takes from a lease while it runs."""
+
+    tokens: int
+    usd: Decimal
+    slots: int  # 1, or 0 for a call that holds no concurrency slot
+    requests: float = 1.0
+
+
+class Refused(Exception):
+    def __init__(self, refusal: dict[str, Any]) -> None:
+        super().__init__(refusal.get("reason"))
+        self.refusal = refusal
+
+
+class Lease:
+    """One process's slice of the headroom of one set of subjects (a tenant and its key)."""
+
+    def __init__(self, lease_id: str, subjects: tuple[str, ...]) -> None:
+        self.id = lease_id
+        self.subjects = subjects
+        # Unused: what requests may still take. Negative only if a request used more than its bound.
+        self.tokens = 0
+        self.usd = Decimal(0)
+        self.requests = 0.0
+        self.slots = 0
+        self.running = 0
+        self.granted = Need(0, Decimal(0), 0, 0.0)
+        self.multiple = FIRST_MULTIPLE
+        self.refilled_at = 0.0
+        self.used_at = time.monotonic()
+        self.retired = False
+        self.lock = asyncio.Lock()
+        self.headers: dict[str, Any] = {}
+
+    def covers(self, need: Need) -> bool:
+        return (
+            self.tokens >= need.tokens
+            and self.usd >= need.usd
+            and self.requests >= need.requests
+            and self.slots >= need.slots
+        )
+
+    def take(self, need: Need) -> None:
+        self.tokens -= need.tokens
+        self.usd -= need.usd
+        self.requests -= need.requests
+        self.slots -= need.slots
+        self.running += 1
+        self.used_at = time.monotonic()
+
+    def finish(self, need: Need, tokens: int, usd: Decimal) -> None:
+        """A request is over: what it did not use of its bound is the lease's again (its row's
+        settlement takes what it used out of the lease in Postgres)."""
+        self.tokens += need.tokens - tokens
+        self.usd += need.usd - usd
+        self.slots += need.slots
+        self.running -= 1
+
+    def low(self) -> bool:
+        g = self.granted
+        return (
+            self.tokens < g.tokens * REFILL_BELOW
+            or self.usd < g.usd * Decimal(REFILL_BELOW)
+            or self.requests < g.requests * REFILL_BELOW
+            or self.slots < g.slots * REFILL_BELOW
+        )
+
+    def unused(self) -> dict[str, Any]:
+        return {
+            "tokens": max(self.tokens, 0),
+            "usd": max(self.usd, Decimal(0)),
+            "requests": max(self.requests, 0.0),
+            "slots": max(self.slots, 0),
+        }
+
+    def remaining(self, family: str) -> float | None:
+        """What a rate-limit header says is left: the rest beyond the lease when it was granted,
+        plus what the lease has unused now (other processes' use since then is not seen)."""
+        base = self.headers.get(family)
+        if not base:
+            return None
+        own = self.requests if family == "request_header" else self.tokens
+        return float(base["remaining"]) + max(own, 0)
+
+
+class LeaseBook:
+    """This process's leases, one per subject set."""
+
+    def __init__(self, engine: AsyncEngine, metrics: Metrics, owner: str, ttl_s: float) -> None:
+        self._engine = engine
+        self._metrics = metrics
+        self._owner = owner
+        self._ttl_s = ttl_s
+        self._leases: dict[tuple[str, ...], Lease] = {}
+        # Retired leases whose requests are still running: what those leave unused goes back too.
+        self._retired: list[Lease] = []
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def take(self, subjects: tuple[str, ...], need: Need) -> tuple[Lease, Callable[[int, Decimal], None]]:
+        """Take `need` from the subjects' lease (refilling it if it cannot cover it); Refused if the
+        headroom, everywhere, is not there. Returns the lease and what to call when the request ends."""
+        lease = self._leases.get(subjects)
+        if lease is None:
+            lease = self._leases[subjects] = Lease(f"lease_{self._owner}_{secrets.token_hex(4)}", subjects)
+        if not lease.covers(need):
+            async with lease.lock:
+                if not lease.covers(need):
+                    await self._refill_for(lease, need)
+        lease.take(need)
+        if lease.low() and not lease.lock.locked():
+            self._spawn(self._refill_ahead(lease, need))
+        return lease, lambda tokens, usd: lease.finish(need, tokens, usd)
+
+    async def _refill_for(self, lease: Lease, need: Need) -> None:
+        deadline = time.monotonic() + RECLAIM_WAIT_S
+        asked = False
+        while True:
+            answer = await self._lease(lease, need)
+            if answer["ok"]:
+                return
+            if not answer.get("reclaim") or time.monotonic() > deadline:
+                raise Refused(answer["refusal"])
+            if not asked:
+                # Other processes hold leases of these subjects: ask them to give back what they
+                # do not use, then try again until they have (or the wait is over).
+                asked = True
+                await self._ask_reclaim(lease.subjects)
+            await asyncio.sleep(RECLAIM_POLL_S)
+
+    async def _refill_ahead(self, lease: Lease, like: Need) -> None:
+        if lease.lock.locked():
+            return
+        async with lease.lock:
+            if lease.retired or not lease.low():
+                return
+            with contextlib.suppress(DBAPIError, OSError):
+                await self._lease(lease, Need(0, Decimal(0), 0, 0.0), like)
+
+    async def _lease(self, lease: Lease, need: Need, like: Need | None = None) -> dict[str, Any]:
+        """One call of meter_lease: the missing part of `need` plus a slice sized on `like`."""
+        now = time.monotonic()
+        if now - lease.refilled_at < 1.0:
+            lease.multiple = min(lease.multiple * 2, MAX_MULTIPLE)
+        elif now - lease.refilled_at > 10.0:
+            lease.multiple = FIRST_MULTIPLE
+        lease.refilled_at = now
+        shape = like or need
+        m = lease.multiple
+        arguments = {
+            "lease": lease.id,
+            "owner": self._owner,
+            "subjects": list(lease.subjects),
+            "need_tokens": need.tokens,
+            "need_usd": need.usd,
+            "need_requests": need.requests,
+            "need_slots": need.slots,
+            "have_tokens": lease.tokens,
+            "have_usd": lease.usd,
+            "have_requests": lease.requests,
+            "have_slots": lease.slots,
+            "want_tokens": shape.tokens * m,
+            "want_usd": shape.usd * m,
+            "want_requests": float(m),
+            "want_slots": SLOTS_PER_SLICE if shape.slots else 0,
+            "share": SHARE,
+            "ttl": self._ttl_s,
+        }
+
+        async def run(conn: Any) -> Any:
+            return (await conn.execute(_LEASE, arguments)).scalar_one()
+
+        self._metrics.db_round_trips.labels("lease").inc()
+        answer = await once_more_if_disconnected(self._engine, run)
+        if isinstance(answer, str):
+            answer = json.loads(answer, parse_float=Decimal)
+        if answer["ok"]:
+            granted = Need(int(answer["tokens"]), Decimal(str(answer["usd"])), int(answer["slots"]),
+                           float(answer["requests"]))  # fmt: skip
+            lease.tokens += granted.tokens
+            lease.usd += granted.usd
+            lease.requests += granted.requests
+            lease.slots += granted.slots
+            lease.granted = granted
+            lease.headers = {k: answer[k] for k in ("request_header", "token_header") if answer.get(k)}
+        return dict(answer)
+
+    async def give_back(self, lease: Lease) -> None:
+        """Return what the lease has unused to Postgres."""
+        async with lease.lock:
+            unused = lease.unused()
+            if not any(unused.values()):
+                return
+            self._metrics.db_round_trips.labels("lease").inc()
+            async with self._engine.begin() as conn:
+                await conn.execute(_RETURN, {"lease": lease.id, "subjects": list(lease.subjects), **unused})
+            lease.tokens -= unused["tokens"]
+            lease.usd -= unused["usd"]
+            lease.requests -= unused["requests"]
+            lease.slots -= unused["slots"]
+
+    def retire(self, overlapping: set[str] | None = None) -> None:
+        """Stop using the leases of these subjects (all when None) and give back what they hold:
+        the operator changed something, or another process needs the headroom."""
+        for subjects, lease in list(self._leases.items()):
+            if overlapping is None or overlapping.intersection(subjects):
+                lease.retired = True
+                del self._leases[subjects]
+                self._retired.append(lease)
+                self._spawn(self._quietly(self.give_back(lease)))
+
+    async def tidy(self) -> None:
+        """Give back what idle and retired leases hold; forget those nothing uses any more."""
+        now = time.monotonic()
+        for lease in [*self._leases.values(), *self._retired]:
+            if lease.retired or now - lease.used_at > IDLE_S:
+                with contextlib.suppress(DBAPIError, OSError):
+                    await self.give_back(lease)
+        self._retired = [lease for lease in self._retired if lease.running or any(lease.unused().values())]
+        for subjects, lease in list(self._leases.items()):
+            idle = now - lease.used_at > IDLE_S and not lease.running and not lease.lock.locked()
+            if idle and not any(lease.unused().values()):
+                del self._leases[subjects]
+
+    async def close(self) -> None:
+        """On shutdown: everything unused goes back, so other processes have it at once."""
+        for task in list(self._background):
+            task.cancel()
+        for lease in [*self._leases.values(), *self._retired]:
+            with contextlib.suppress(DBAPIError, OSError):
+                await self.give_back(lease)
+
+    def on_reclaim(self, payload: str) -> None:
+        subjects, owner = _parse_reclaim(payload)
+        if owner != self._owner:
+            self.retire(subjects)
+
+    async def _ask_reclaim(self, subjects: tuple[str, ...]) -> None:
+        with contextlib.suppress(DBAPIError, OSError):
+            async with self._engine.begin() as conn:
+                payload = reclaim_payload(subjects, self._owner)
+                await conn.execute(_NOTIFY, {"channel": RECLAIM_CHANNEL, "payload": payload})
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _quietly(self, work: Any) -> None:
+        try:
+            await work
+        except (DBAPIError, OSError):
+            log.warning("giving back a lease failed; it lapses with its hold", exc_info=True)
+
+
+def _parse_reclaim(payload: str) -> tuple[set[str], str]:
+    subjects, _, owner = payload.partition("|")
+    return set(subjects.split(",")), owner
