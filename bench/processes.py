@@ -93,6 +93,7 @@ class Stack:
     # A key of a tenant with every kind of limit set (none ever reached): each request reserves.
     limited_key: str
     postgres_server_url: str
+    database_url: str
     postgres_label: str  # "embedded" or "external", for the report
     cpu: CpuAccount
     operator_key: str = OPERATOR_KEY
@@ -125,7 +126,7 @@ def running_stack(workdir: Path) -> Iterator[Stack]:
         except Exception:
             print(meter.output()[-4000:])
             raise
-        yield Stack(upstream, meter, key, limited_key, server_url, label, cpu)
+        yield Stack(upstream, meter, key, limited_key, server_url, database_url, label, cpu)
 
 
 def _postgres_server(workdir: Path, cleanup: ExitStack, cpu: CpuAccount) -> tuple[str, str]:

@@ -28,7 +28,7 @@ import httpx
 # Run as a script: make the repository root importable, for `bench` and `tests.support`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import scenarios
+from bench import scenarios, wire_speed
 from bench.cpu import CpuAccount
 from bench.processes import Stack, missing_tools, raise_open_file_limit, running_stack
 from bench.report import Section, render
@@ -36,7 +36,7 @@ from bench.scenarios import FULL, QUICK, Plan
 from tests.support import scrape
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
-SCENARIOS = ("closed-loop", "open-loop", "streams", "ledger", "memory", "litellm", "limits")
+SCENARIOS = ("closed-loop", "open-loop", "streams", "ledger", "memory", "litellm", "limits", "wire-speed", "hot-tenant")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +104,8 @@ def _runner(name: str, stack: Stack, plan: Plan, workdir: Path) -> Callable[[], 
         "memory": lambda: scenarios.memory(stack, plan),
         "litellm": lambda: scenarios.versus_litellm(stack, plan, workdir),
         "limits": lambda: scenarios.limits_cost(stack, plan),
+        "wire-speed": lambda: wire_speed.wire_speed(stack, plan.wrk_s, (1, 16, 64), workdir),
+        "hot-tenant": lambda: wire_speed.hot_tenant(stack, plan.wrk_s, workdir),
     }
     return runners[name]
 

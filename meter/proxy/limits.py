@@ -81,7 +81,7 @@ class Limiter:
         self._ttl_s = hold_ttl_s
         # Identifies this process's holds and leases, renewed while it lives.
         self.owner = "proc_" + secrets.token_hex(6)
-        self.leases = LeaseBook(hot_engine, metrics, self.owner, hold_ttl_s)
+        self.leases = LeaseBook(engine, metrics, self.owner, hold_ttl_s)
 
     async def reserve(self, exchange: Exchange) -> None:
         """Reserve the worst case for `exchange`, or raise the error the tenant should see."""

@@ -236,7 +236,8 @@ def test_prepaid_credit_is_spent_exactly_and_refuses_when_low(meters: list[Proce
 
     # What the process's lease of the credit still holds goes back once it is idle.
     def returned() -> bool:
-        return admin.request("GET", f"/admin/tenants/{key['tenant_id']}/balance").json()["held_usd"] == "0.00"
+        held: str = admin.request("GET", f"/admin/tenants/{key['tenant_id']}/balance").json()["held_usd"]
+        return held == "0.00"
 
     eventually(returned, waiting_for="the idle lease to give the credit back")
 
