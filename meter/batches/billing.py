@@ -18,6 +18,7 @@ import hashlib
 import logging
 import secrets
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -30,7 +31,6 @@ from meter.db.queries import settle
 from meter.db.rows import LedgerRow, Settlement, billed_columns, stored_text
 from meter.ledger import LedgerWriter
 from meter.metrics import Metrics
-from meter.money import decimal_text
 from meter.pricing import FREE, PriceTable
 from meter.proxy.forward import Upstream
 from meter.proxy.handler import ANTHROPIC_VERSION, UpstreamRequest
@@ -168,7 +168,7 @@ class BatchBilling:
         async with self._engine.begin() as conn:
             if batch["hold_id"]:
                 # Rows settle the hold; a batch with no priced result releases it here (adding nothing).
-                await settle(conn, [self._settlement(batch, batch["id"], 0, "0")])
+                await settle(conn, [self._settlement(batch, batch["id"], 0, Decimal(0))])
             await conn.execute(
                 update(batches).where(batches.c.id == batch["id"]).values(billed_at=func.now(), billed_rows=rows)
             )
@@ -214,11 +214,11 @@ class BatchBilling:
         )
         settlement = None
         if batch["hold_id"] and message is not None:
-            settlement = self._settlement(batch, row.request_id, usage.total_tokens, decimal_text(row.cost_usd or 0))
+            settlement = self._settlement(batch, row.request_id, usage.total_tokens, row.cost_usd or Decimal(0))
         self._ledger.record(row, settlement)
         return 1
 
-    def _settlement(self, batch: dict[str, Any], request_id: str, tokens: int, usd: str) -> Settlement:
+    def _settlement(self, batch: dict[str, Any], request_id: str, tokens: int, usd: Decimal) -> Settlement:
         """A share of the batch's hold: the ledger writer applies it only with its row's first insert."""
         return Settlement(
             hold=batch["hold_id"],

@@ -63,7 +63,7 @@ class Settlement(msgspec.Struct, kw_only=True):
     day: str
     month: str
     tokens: int
-    usd: str  # exact decimal text
+    usd: Decimal  # exact; encoded as a decimal string
     # A share of a lease: only what was used leaves it (a request's own hold is released whole).
     lease: bool = False
 

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from meter.db.rows import Settlement
-from meter.money import decimal_text
 from meter.proxy.auth import Caller
 from meter.proxy.estimate import RequestShape
 from meter.usage import Usage
@@ -41,7 +40,7 @@ class Hold:
             day=self.day,
             month=self.month,
             tokens=tokens,
-            usd=decimal_text(usd or 0),
+            usd=usd or Decimal(0),
             lease=self.lease,
         )
 
