@@ -51,7 +51,7 @@ UPSTREAM_ERROR_TYPES = (
     "other",
 )
 AUTH_FAILURES = ("authentication_error", "permission_error", "rate_limit_error")
-ROUND_TRIP_PURPOSES = ("key_lookup", "reserve", "lease", "ledger_batch")
+ROUND_TRIP_PURPOSES = ("key_lookup", "reserve", "lease", "lease_return", "ledger_batch")
 
 
 class Metrics:

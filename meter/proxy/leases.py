@@ -12,8 +12,10 @@ what it used from the lease to the settled counters (meter_settle). A lease is r
 background before it runs out, and returns its unused part when idle, on shutdown, when the
 operator changes anything (NOTIFY), and when another process is refused while leases hold headroom
 (`reclaim`). Each slice is at most a `share` of what is left, so slices shrink as the headroom runs
-low and the last of a budget is granted request by request: exact, never overspent. A lease is a
-hold owned by its process: it lapses `hold_ttl_s` after the process dies.
+low; once a request is refused (or another process reclaims), the subjects are leased request by
+request for a few seconds, every request's rest going straight back, so the last of a budget is
+granted exactly: never overspent, never stranded in a lease. A lease is a hold owned by its
+process: it lapses `hold_ttl_s` after the process dies.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ REFILL_BELOW = 0.25
 # (a NOTIFY and one statement each: milliseconds), polling so often; past it, the refusal stands.
 RECLAIM_WAIT_S = 0.15
 RECLAIM_POLL_S = 0.015
+RECLAIM_EVERY_S = 1.0
+# After a refusal (or a reclaim) a subject set is leased request by request for this long.
+EXACT_S = 5.0
 
 
 @dataclass
@@ -161,6 +166,10 @@ class LeaseBook:
         # Retired leases whose requests are still running: what those leave unused goes back too.
         self._retired: list[Lease] = []
         self._background: set[asyncio.Task[None]] = set()
+        # When this process last asked the others to give back headroom, per subject set.
+        self._reclaimed: dict[tuple[str, ...], float] = {}
+        # Subject sets whose headroom ran out lately: leased request by request until then.
+        self._exact_until: dict[tuple[str, ...], float] = {}
 
     async def take(self, subjects: tuple[str, ...], need: Need) -> tuple[Lease, Callable[[int, Decimal], None]]:
         """Take `need` from the subjects' lease (refilling it if it cannot cover it); Refused if the
@@ -173,25 +182,45 @@ class LeaseBook:
                 if not lease.covers(need):
                     await self._refill_for(lease, need)
         lease.take(need)
-        if lease.low() and not lease.lock.locked():
+        if lease.low() and not lease.lock.locked() and not self._exact(subjects):
             self._spawn(self._refill_ahead(lease, need))
-        return lease, lambda tokens, usd: lease.finish(need, tokens, usd)
+
+        def finish(tokens: int, usd: Decimal) -> None:
+            lease.finish(need, tokens, usd)
+            if self._exact(subjects):
+                # Request by request: what this one did not use goes back at once.
+                self._spawn(self._quietly(self.give_back(lease)))
+
+        return lease, finish
+
+    def _exact(self, subjects: tuple[str, ...]) -> bool:
+        return time.monotonic() < self._exact_until.get(subjects, 0.0)
+
+    def _go_exact(self, subjects: tuple[str, ...]) -> None:
+        """The headroom of these subjects is (nearly) gone: for a while, lease nothing beyond the
+        request at hand and give back each request's rest, so none is stranded in a lease."""
+        self._exact_until[subjects] = time.monotonic() + EXACT_S
 
     async def _refill_for(self, lease: Lease, need: Need) -> None:
-        deadline = time.monotonic() + RECLAIM_WAIT_S
-        asked = False
-        while True:
+        answer = await self._lease(lease, need)
+        if answer["ok"]:
+            return
+        self._go_exact(lease.subjects)
+        now = time.monotonic()
+        if not answer.get("reclaim") or now - self._reclaimed.get(lease.subjects, -RECLAIM_EVERY_S) < RECLAIM_EVERY_S:
+            raise Refused(answer["refusal"])
+        # Other processes hold leases of these subjects: ask them to give back what they do not use,
+        # then try again until they have (or the wait is over). At most once a second per subjects,
+        # so a tenant hammering an exhausted budget costs one statement per request, as before leases.
+        self._reclaimed[lease.subjects] = now
+        await self._ask_reclaim(lease.subjects)
+        deadline = now + RECLAIM_WAIT_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(RECLAIM_POLL_S)
             answer = await self._lease(lease, need)
             if answer["ok"]:
                 return
-            if not answer.get("reclaim") or time.monotonic() > deadline:
-                raise Refused(answer["refusal"])
-            if not asked:
-                # Other processes hold leases of these subjects: ask them to give back what they
-                # do not use, then try again until they have (or the wait is over).
-                asked = True
-                await self._ask_reclaim(lease.subjects)
-            await asyncio.sleep(RECLAIM_POLL_S)
+        raise Refused(answer["refusal"])
 
     async def _refill_ahead(self, lease: Lease, like: Need) -> None:
         if lease.lock.locked():
@@ -211,7 +240,9 @@ class LeaseBook:
             lease.multiple = FIRST_MULTIPLE
         lease.refilled_at = now
         shape = like or need
-        m = lease.multiple
+        # Enough for the requests running now twice over, so a burst needs few refills; nothing
+        # beyond the request itself while the headroom is nearly gone.
+        m = 0 if self._exact(lease.subjects) else max(lease.multiple, 2 * lease.running)
         arguments = {
             "lease": lease.id,
             "owner": self._owner,
@@ -227,7 +258,7 @@ class LeaseBook:
             "want_tokens": shape.tokens * m,
             "want_usd": shape.usd * m,
             "want_requests": float(m),
-            "want_slots": SLOTS_PER_SLICE if shape.slots else 0,
+            "want_slots": max(SLOTS_PER_SLICE, lease.running) if shape.slots and m else 0,
             "share": SHARE,
             "ttl": self._ttl_s,
         }
@@ -254,7 +285,7 @@ class LeaseBook:
             unused = lease.unused()
             if not any(unused.values()):
                 return
-            self._metrics.db_round_trips.labels("lease").inc()
+            self._metrics.db_round_trips.labels("lease_return").inc()
             async with self._engine.begin() as conn:
                 await conn.execute(_RETURN, {"lease": lease.id, "subjects": list(lease.subjects), **unused})
             lease.tokens -= unused["tokens"]
@@ -280,6 +311,8 @@ class LeaseBook:
                 with contextlib.suppress(DBAPIError, OSError):
                     await self.give_back(lease)
         self._retired = [lease for lease in self._retired if lease.running or any(lease.unused().values())]
+        self._reclaimed = {s: at for s, at in self._reclaimed.items() if now - at < RECLAIM_EVERY_S}
+        self._exact_until = {s: until for s, until in self._exact_until.items() if until > now}
         for subjects, lease in list(self._leases.items()):
             idle = now - lease.used_at > IDLE_S and not lease.running and not lease.lock.locked()
             if idle and not any(lease.unused().values()):
@@ -296,6 +329,9 @@ class LeaseBook:
     def on_reclaim(self, payload: str) -> None:
         subjects, owner = _parse_reclaim(payload)
         if owner != self._owner:
+            for leased in self._leases:
+                if subjects.intersection(leased):
+                    self._go_exact(leased)
             self.retire(subjects)
 
     async def _ask_reclaim(self, subjects: tuple[str, ...]) -> None:

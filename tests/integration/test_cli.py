@@ -91,7 +91,10 @@ def test_serve_demo_with_embedded_postgres(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/readyz", process, timeout_s=120)
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/readyz", process, timeout_s=120)
+        except RuntimeError as exc:
+            raise AssertionError((tmp_path / "serve.log").read_text()[-4000:]) from exc
         printed = (tmp_path / "serve.log").read_text()
         key = re.search(r"Demo tenant key: (\S+)", printed)
         assert key, printed
@@ -114,8 +117,9 @@ def test_serve_demo_with_embedded_postgres(tmp_path: Path) -> None:
         assert events[0]["output_tokens"] == reply.usage.output_tokens
     finally:
         process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
+        stopped = process.wait(60)
         log.close()
+    assert stopped == 0, (tmp_path / "serve.log").read_text()[-4000:]
     # The embedded Postgres was stopped with meter, and its data stays for the next start.
     assert not (tmp_path / "data" / "postgres" / "postmaster.pid").exists()
     assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
