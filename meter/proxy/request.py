@@ -5,6 +5,7 @@ The body itself is forwarded untouched."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -120,14 +121,42 @@ def parse_body(body: bytes) -> dict[str, Any]:
     keys, depth = _shape(document)
     if depth > MAX_DEPTH:
         raise InvalidRequest(f"The request body is nested too deeply (more than {MAX_DEPTH} levels).")
-    if keys != len(_KEY_END.findall(body)):
+    # The decoded objects hold at most as many keys as the text, and the text's quick count at
+    # least as many: equal, nothing repeats. Otherwise the exact (slower) check decides.
+    if keys != _keys_in(body) and _repeats_a_key(body):
         raise InvalidRequest("The request body repeats a key within one JSON object.")
     return document
 
 
-# The end of an object key in JSON text: an unescaped quote (after an even run of backslashes)
-# followed by a colon. Inside a string every quote is escaped, so each match is exactly one key.
-_KEY_END = re.compile(rb'(?<!\\)(?:\\\\)*"[ \t\r\n]*:')
+def _repeats_a_key(body: bytes) -> bool:
+    repeated = False
+
+    def pairs(items: list[tuple[str, Any]]) -> None:
+        nonlocal repeated
+        repeated = repeated or len({key for key, _ in items}) != len(items)
+
+    json.loads(body, object_pairs_hook=pairs)
+    return repeated
+
+
+# A quote followed by a colon: the end of every object key, and (rarely) the opening quote of a
+# string that starts with a colon, so the count is never below the number of keys. Both patterns
+# start with a literal, which the regex engine finds fast; a match after a backslash is not counted
+# if its quote is escaped (an odd run of backslashes).
+_KEY_END = re.compile(rb'"[ \t\r\n]*:')
+_AFTER_BACKSLASH = re.compile(rb'\\"[ \t\r\n]*:')
+_BACKSLASH = ord("\\")
+
+
+def _keys_in(body: bytes) -> int:
+    """At least the number of object keys in a JSON text, and nearly always exactly that."""
+    keys = len(_KEY_END.findall(body))
+    for match in _AFTER_BACKSLASH.finditer(body):
+        quote = start = match.start() + 1
+        while start > 0 and body[start - 1] == _BACKSLASH:
+            start -= 1
+        keys -= (quote - start) % 2
+    return keys
 
 
 def _shape(document: Any) -> tuple[int, int]:
