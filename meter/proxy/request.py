@@ -160,21 +160,19 @@ def _keys_in(body: bytes) -> int:
 
 
 def _shape(document: Any) -> tuple[int, int]:
-    """(keys in every object, nesting depth) of a decoded document, without recursion."""
+    """(keys in every object, nesting depth) of a decoded document, level by level without
+    recursion; only containers are visited, and the walk stops past MAX_DEPTH."""
     keys = depth = 0
-    stack: list[tuple[Any, int]] = [(document, 1)]
-    while stack:
-        node, level = stack.pop()
-        if isinstance(node, dict):
-            keys += len(node)
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        depth = max(depth, level)
-        if level <= MAX_DEPTH:
-            stack.extend((child, level + 1) for child in children)
+    level: list[Any] = [document]
+    while level and depth <= MAX_DEPTH:
+        depth += 1
+        below: list[Any] = []
+        for node in level:
+            if type(node) is dict:
+                keys += len(node)
+                node = node.values()
+            below.extend(child for child in node if type(child) is dict or type(child) is list)
+        level = below
     return keys, depth
 
 
