@@ -12,6 +12,7 @@ their process renews while it lives: a killed process's lapse and give their hea
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -251,6 +252,8 @@ def _family_headers(family: str, limit: Any, remaining: Any, reset: str) -> dict
     }
 
 
+# A lease's answers share its reset moments: each is formatted once.
+@functools.lru_cache(maxsize=1024)
 def _rfc3339(value: str) -> str:
     moment = datetime.fromisoformat(value).astimezone(UTC)
     # Rounded up to the second: a client that waits until then finds the headroom there.
