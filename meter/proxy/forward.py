@@ -1,18 +1,22 @@
 """The upstream client: one shared connection pool, header rewriting, and mapping of transport
 failures to meter's errors (at this boundary only).
 
-httpx's Request and Response are the API; underneath is the aiohttp-based httpx transport, called
-directly: a bare forwarder on httpx's own pool managed ~580 req/s here against ~3,900 on aiohttp,
-and the AsyncClient layer (cookies, redirects, auth, header merging) cost a fifth of meter's CPU for
-nothing a proxy needs (docs/benchmarks.md).
+Requests go out on one aiohttp session directly (no httpx Request per call: building one and
+handing its headers over cost more than a tenth of meter's CPU per request); what comes back is an
+httpx Response streaming from aiohttp (httpx_aiohttp's stream, whose errors are httpx's). The
+session keeps no cookies: one jar for every tenant's calls would carry the upstream's cookies from
+one tenant's call to the next (docs/benchmarks.md has the measurements).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
+import yarl
+from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
+from multidict import CIMultiDict
 
 from meter.errors import UpstreamTimeout, UpstreamUnavailable
 from meter.proxy.handler import UpstreamRequest
@@ -56,6 +60,7 @@ NOT_RELAYED_PREFIXES = (b"anthropic-ratelimit-", b"anthropic-priority-")
 
 
 MAX_CACHED_URLS = 1000
+_NO_AUTO_HEADERS = frozenset({"User-Agent", "Accept"})
 
 
 class Upstream:
@@ -69,10 +74,11 @@ class Upstream:
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._auth = [(b"x-api-key", api_key.encode())] if api_key else []
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._transport = AiohttpTransport(limits=limits)
-        self._timeout = {"connect": connect_timeout_s, "read": read_timeout_s, "pool": connect_timeout_s}
-        self._urls: dict[tuple[str, bytes], httpx.URL] = {}
+        self._max_connections = max_connections
+        self._timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout_s, sock_read=read_timeout_s,
+                                              connect=connect_timeout_s)  # fmt: skip
+        self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[tuple[str, bytes], yarl.URL] = {}
 
     def request_headers(self, incoming: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The tenant's headers as the upstream gets them (names arrive lower-cased from the server)."""
@@ -88,32 +94,43 @@ class Upstream:
 
     async def send(self, call: UpstreamRequest) -> httpx.Response:
         """Send a request; the response body is left unread, to be streamed by the caller."""
-        request = httpx.Request(
-            call.method,
-            self._url(call.path, call.query),
-            headers=call.headers,
-            content=call.stream if call.stream is not None else call.body,
-            extensions={"timeout": self._timeout},
-        )
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections)
+            self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+        headers = CIMultiDict((name.decode("latin-1"), value.decode("latin-1")) for name, value in call.headers)
+        data = call.stream if call.stream is not None else (call.body or None)
         try:
-            return await self._transport.handle_async_request(request)
+            with map_aiohttp_exceptions():
+                reply = await self._session.request(
+                    call.method,
+                    self._url(call.path, call.query),
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    auto_decompress=False,
+                    timeout=self._timeout,
+                    # Only what the tenant sent (filtered) goes: no User-Agent or Accept of aiohttp's own.
+                    skip_auto_headers=_NO_AUTO_HEADERS,
+                )
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout("The upstream API did not answer in time.") from exc
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(f"The upstream API could not be reached: {exc.__class__.__name__}.") from exc
+        return httpx.Response(reply.status, headers=reply.raw_headers, stream=AiohttpResponseStream(reply))
 
-    def _url(self, path: str, query: bytes) -> httpx.URL:
+    def _url(self, path: str, query: bytes) -> yarl.URL:
         """Parsed once per path and query: nearly every request goes to the same few URLs."""
         url = self._urls.get((path, query))
         if url is None:
             if len(self._urls) > MAX_CACHED_URLS:
                 self._urls.clear()
-            url = httpx.URL(self._base_url + path + ("?" + query.decode("latin-1") if query else ""))
+            url = yarl.URL(self._base_url + path + ("?" + query.decode("latin-1") if query else ""), encoded=True)
             self._urls[(path, query)] = url
         return url
 
     async def aclose(self) -> None:
-        await self._transport.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 def response_headers(upstream: httpx.Response) -> list[tuple[bytes, bytes]]:

@@ -37,11 +37,14 @@ LEAKS: list[tuple[str, str]] = [
     ("x-hostile-hop", "named-in-connection"),
 ]
 LEAKED_NAMES = frozenset(name for name, _ in LEAKS)
+SAW_COOKIE = "x-hostile-saw-cookie"
 
 
-def _headers(content_type: str) -> CIMultiDict[str]:
+def _headers(content_type: str, request: web.Request | None = None) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict([("content-type", content_type), ("request-id", "req_hostile_1"), KEPT])
     headers.extend(LEAKS)
+    # What the caller sent as cookies: a proxy that kept the cookies set above would send them back.
+    headers[SAW_COOKIE] = request.headers.get("cookie", "none") if request is not None else "none"
     return headers
 
 
@@ -97,14 +100,14 @@ async def answer(request: web.Request) -> web.StreamResponse:
     await request.read()
     reply = request.headers.get("x-hostile-reply", "json")
     if reply == "sse":
-        response = web.StreamResponse(headers=_headers("text/event-stream; charset=utf-8"))
+        response = web.StreamResponse(headers=_headers("text/event-stream; charset=utf-8", request))
         await response.prepare(request)
         await response.write(events())
         await response.write_eof()
         return response
     if reply == "error":
         body = {"type": "error", "error": {"type": "rate_limit_error", "message": "Slow down (hostile)."}}
-        headers = _headers("application/json")
+        headers = _headers("application/json", request)
         headers["retry-after"] = "9"
         return web.Response(status=429, body=json.dumps(body).encode(), headers=headers)
     if request.path == "/v1/messages/count_tokens":
@@ -113,7 +116,7 @@ async def answer(request: web.Request) -> web.StreamResponse:
         payload = {"data": [], "has_more": False, "first_id": None, "last_id": None}
     else:
         payload = message()
-    return web.Response(body=json.dumps(payload).encode(), headers=_headers("application/json"))
+    return web.Response(body=json.dumps(payload).encode(), headers=_headers("application/json", request))
 
 
 async def ready(_: web.Request) -> web.Response:

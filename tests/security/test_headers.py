@@ -8,13 +8,14 @@ client-address headers, the workspace selector, hop-by-hop headers and any heade
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.security.hostile_upstream import KEPT, LEAKED_NAMES
-from tests.support import OPERATOR_KEY, Admin, Process
+from tests.security.hostile_upstream import KEPT, LEAKED_NAMES, SAW_COOKIE
+from tests.support import OPERATOR_KEY, Admin, Process, start_meter
 
 BODY: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
 CHAT: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
@@ -149,3 +150,21 @@ def test_what_stays_with_the_tenants_hop_is_not_forwarded(
     assert {name: seen["headers"].get(name) for name in kept} == kept
     assert sorted(set(dropped) & set(seen["headers"])) == []
     assert tenant_key["key"] not in json.dumps(seen)
+
+
+def test_the_upstreams_cookies_never_reach_another_call(
+    database_url: str, hostile_upstream: Process, admin: Admin, tmp_path: Path
+) -> None:
+    """The upstream sets cookies on every answer; meter's upstream client must not keep them, or
+    the next call, whoever's it is, would carry the operator's session to the upstream. (By name,
+    not by IP address: a cookie jar keeps no cookies of a bare IP address.)"""
+    by_name = hostile_upstream.base_url.replace("127.0.0.1", "localhost")
+    process = start_meter(database_url, by_name, tmp_path)
+    try:
+        first, second = (admin.issue_key(admin.create_tenant(f"cookie-{i}")["id"]) for i in range(2))
+        for key in (first, second, first):
+            response = httpx.post(process.base_url + "/v1/messages", json=BODY, headers=tenant_headers(key), timeout=30)
+            assert response.status_code == 200, response.text
+            assert response.headers[SAW_COOKIE] == "none"
+    finally:
+        process.stop()
