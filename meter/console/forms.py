@@ -17,6 +17,7 @@ T = TypeVar("T")
 # What people call the fields the admin types name.
 LABELS = {
     "name": "Name",
+    "status": "Status",
     "requests_per_minute": "Requests per minute",
     "tokens_per_minute": "Tokens per minute",
     "max_concurrent_requests": "Concurrent requests",
