@@ -22,10 +22,21 @@ TRAFFIC = [("claude-sonnet-4-6", 3), ("claude-haiku-4-5", 2), ("claude-opus-4-6"
 
 
 def watch(page: Page) -> list[str]:
-    """Script errors and console errors (a CSP violation is one) of the page, as they happen."""
+    """Script errors, console errors (a CSP violation is one) and stylesheets, scripts or images that
+    failed to load, as they happen. A page itself may answer 4xx: the refusals are pages too."""
     problems: list[str] = []
+
+    def console_error(message: Any) -> None:
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            problems.append(message.text)
+
+    def response(answer: Any) -> None:
+        if answer.request.resource_type != "document" and answer.status >= 400:
+            problems.append(f"{answer.status} {answer.url}")
+
     page.on("pageerror", lambda error: problems.append(str(error)))
-    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("console", console_error)
+    page.on("response", response)
     return problems
 
 
@@ -40,7 +51,7 @@ def seed_other_tenants(admin: Admin, base_url: str) -> None:
     """A few more tenants, with budgets, credit and traffic, so the tenants page has something to sort."""
     # The demo upstream's replies cost a fraction of a cent: small budgets and credit show the bars
     # (a budget is set after the traffic, which its worst-case reservations would not fit).
-    for name, budget, credit in (("Globex", "0.002", None), ("Initech", None, "0.003"), ("Umbrella", "0.0011", None)):
+    for name, budget, credit in (("Globex", "0.002", None), ("Initech", None, "0.01"), ("Umbrella", "0.0011", None)):
         tenant = admin.create_tenant(name)
         if credit:
             admin.request("POST", f"/admin/tenants/{tenant['id']}/credits", json={"amount_usd": credit})
@@ -121,7 +132,7 @@ def test_an_operator_runs_a_tenant_from_the_console(console_meter: Process, brow
 
     def usage_shown() -> bool:
         page.reload()
-        return page.locator("table.usage-table tbody tr").count() == len(TRAFFIC)
+        return bool(page.locator("table.usage-table tbody tr").count() == len(TRAFFIC))
 
     eventually(usage_shown, waiting_for="the usage rollups of the traffic")
     expect(page.locator("svg.usage-chart rect")).to_have_count(len(TRAFFIC))
