@@ -20,7 +20,9 @@ CHROMIUM = os.environ.get("METER_TEST_CHROMIUM") or shutil.which("chromium") or 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "console"
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API runs an event loop on the test thread while it is open, which
+# later tests' asyncio.run would collide with; it is closed when the browser tests are done.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
