@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 import msgspec
 from litestar.datastructures import FormMultiDict
 
+from meter.admin.limits import LimitsSpec
+from meter.db.models import LIMIT_SETTINGS
 from meter.errors import InvalidRequest, NotFound
 
 T = TypeVar("T")
@@ -101,3 +103,15 @@ def words(form: FormMultiDict, name: str) -> list[str] | None:
     """A list typed as words separated by commas or spaces; empty means none."""
     found = [item for item in re.split(r"[\s,]+", text(form, name)) if item]
     return found or None
+
+
+def limits_spec(form: FormMultiDict) -> LimitsSpec:
+    """The limits form of a tenant or a key: counts as whole numbers, budgets as USD, empty as none."""
+    values: dict[str, Any] = {name: integer(form, name) for name in LIMIT_SETTINGS if not name.startswith("budget")}
+    values |= {name: optional(form, name) for name in LIMIT_SETTINGS if name.startswith("budget")}
+    return convert(values, LimitsSpec)
+
+
+def entered(form: FormMultiDict) -> dict[str, str]:
+    """What the operator typed, to fill the form in again when it is refused (never the CSRF token)."""
+    return {name: value for name, value in form.items() if isinstance(value, str) and name != "csrf"}

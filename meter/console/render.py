@@ -63,6 +63,7 @@ _env = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,
     lstrip_blocks=True,
+    auto_reload=False,  # the templates are the package's: read once per process
 )
 _env.filters.update(usd=_usd, count=_count, when=_when, percent=_percent)
 

@@ -127,6 +127,13 @@ def test_an_operator_runs_a_tenant_from_the_console(console_meter: Process, brow
 
     page.goto(tenant_url)
     shot("tenant")
+    page.get_by_role("link", name="Limits").click()
+    page.get_by_label("Tokens per day").fill("2,000,000")
+    page.get_by_role("button", name="Save limits").click()
+    expect(page.get_by_role("status")).to_contain_text("Key limits saved")
+    expect(page.get_by_label("Tokens per day")).to_have_value("2000000")
+    shot("key")
+    page.goto(tenant_url)
     page.get_by_role("link", name="Usage", exact=True).last.click()
     expect(page).to_have_url(re.compile(rf"/console/usage\?tenant={tenant_id}$"))
 

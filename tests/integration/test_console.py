@@ -176,3 +176,30 @@ def test_a_price_set_in_the_console_keeps_the_rest_of_the_models_price(console: 
         assert newest[kept] == before[kept]
     audit = admin.request("GET", "/admin/audit", params={"limit": 1000}).json()["data"]
     assert [e["actor"] for e in audit if e["action"] == "prices.set"][-1] == "console"
+
+
+def test_a_keys_limits_and_a_tenants_name_are_edited_in_the_console(console: Console, admin: Admin) -> None:
+    tenant_id = create_tenant(console, f"rename-{secrets.token_hex(3)}")
+    issue(console, tenant_id)
+    page = f"/console/tenants/{tenant_id}"
+    key_id = re.findall(r'href="/console/keys/(key_[0-9a-f]+)"', console.get(page).text)[0]
+    key_page = f"/console/keys/{key_id}"
+    saved = console.submit(key_page, f"{key_page}/limits", {"tokens_per_day": "2,000,000", "form": "limits"})
+    assert "Key limits saved" in console.follow(saved).text
+    assert admin.request("GET", f"/admin/keys/{key_id}/limits").json()["tokens_per_day"] == 2_000_000
+    # A refused form comes back as typed, with the reason.
+    refused = console.submit(key_page, f"{key_page}/limits", {"tokens_per_day": "lots", "form": "limits"})
+    assert refused.status_code == 400 and 'value="lots"' in refused.text and "Tokens per day" in refused.text
+    assert admin.request("GET", f"/admin/keys/{key_id}/limits").json()["tokens_per_day"] == 2_000_000
+
+    renamed = console.submit(page, f"{page}/name", {"name": "Renamed Co", "form": "rename"})
+    assert "<h1>Renamed Co" in console.follow(renamed).text
+    blank = console.submit(page, f"{page}/name", {"name": "   ", "form": "rename"})
+    assert blank.status_code == 400 and "<strong>Not saved.</strong> Name:" in blank.text
+    assert admin.request("GET", f"/admin/tenants/{tenant_id}").json()["name"] == "Renamed Co"
+    actions = [
+        (e["actor"], e["action"])
+        for e in admin.request("GET", "/admin/audit", params={"limit": 1000}).json()["data"]
+        if e["subject_id"] in (tenant_id, key_id)
+    ]
+    assert ("console", "limits.set") in actions and ("console", "tenant.update") in actions

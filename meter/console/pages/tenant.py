@@ -12,7 +12,7 @@ from meter import periods
 from meter.admin.audit import CONSOLE_ACTOR
 from meter.admin.credit import TopUp, add_credit, read_balance
 from meter.admin.keys import IssuedKey, list_keys
-from meter.admin.limits import LimitsSpec, read_limits, set_limits
+from meter.admin.limits import read_limits, set_limits
 from meter.admin.tenants import TenantPatch, get_tenant, update_tenant
 from meter.console import forms
 from meter.console.render import page, redirect
@@ -26,6 +26,7 @@ NOTICES = {
     "limits": "Limits saved. They apply to the next request on every meter process.",
     "credit": "Credit added.",
     "revoked": "Key revoked on every meter process.",
+    "renamed": "Tenant renamed.",
 }
 STATUS_ACTIONS = {"suspended", "active"}
 
@@ -37,6 +38,7 @@ async def tenant_page(
     done: str | None = None,
     error: str | None = None,
     issued: IssuedKey | None = None,
+    entered: dict[str, str] | None = None,
     status: int = 200,
 ) -> Response[Any]:
     """The tenant's page; after a failed change, with the reason; after an issue or rotation, with
@@ -60,6 +62,7 @@ async def tenant_page(
         notice=NOTICES.get(done or ""),
         error=error,
         issued=issued,
+        typed=lambda form: entered if entered and entered.get("form") == form else {},
         month=periods.today().strftime("%Y-%m"),
     )
 
@@ -84,29 +87,45 @@ class TenantController(Controller):
                 await get_tenant(conn, tenant_id)
                 await update_tenant(conn, tenant_id, change, CONSOLE_ACTOR)
         except forms.INPUT_ERRORS as exc:
-            return await tenant_page(request, db, tenant_id, error=forms.message(exc), status=400)
+            return await tenant_page(
+                request, db, tenant_id, error=forms.message(exc), entered=forms.entered(form), status=400
+            )
         keys.forget()
         return redirect(f"/console/tenants/{tenant_id}?done={change.status}")
 
+    @post("/name", include_in_schema=False)
+    async def rename(self, request: Request[Any, Any, Any], db: AsyncEngine, tenant_id: str) -> Response[Any]:
+        form = await request.form()
+        try:
+            change = forms.convert({"name": forms.text(form, "name")}, TenantPatch)
+            async with db.begin() as conn:
+                await get_tenant(conn, tenant_id)
+                await update_tenant(conn, tenant_id, change, CONSOLE_ACTOR)
+        except forms.INPUT_ERRORS as exc:
+            return await tenant_page(
+                request, db, tenant_id, error=forms.message(exc), entered=forms.entered(form), status=400
+            )
+        return redirect(f"/console/tenants/{tenant_id}?done=renamed")
+
     @post("/limits", include_in_schema=False)
-    async def set_limits(
+    async def save_limits(
         self, request: Request[Any, Any, Any], db: AsyncEngine, keys: KeyCache, tenant_id: str
     ) -> Response[Any]:
         form = await request.form()
         try:
-            values: dict[str, Any] = {name: forms.integer(form, name) for name in LIMIT_SETTINGS[:5]}
-            values |= {name: forms.optional(form, name) for name in LIMIT_SETTINGS[5:]}
-            spec = forms.convert(values, LimitsSpec)
+            spec = forms.limits_spec(form)
             async with db.begin() as conn:
                 await get_tenant(conn, tenant_id)
                 await set_limits(conn, tenant_id, spec, CONSOLE_ACTOR)
         except forms.INPUT_ERRORS as exc:
-            return await tenant_page(request, db, tenant_id, error=forms.message(exc), status=400)
+            return await tenant_page(
+                request, db, tenant_id, error=forms.message(exc), entered=forms.entered(form), status=400
+            )
         keys.forget()
         return redirect(f"/console/tenants/{tenant_id}?done=limits")
 
     @post("/credits", include_in_schema=False)
-    async def add_credit(
+    async def top_up(
         self, request: Request[Any, Any, Any], db: AsyncEngine, keys: KeyCache, tenant_id: str
     ) -> Response[Any]:
         form = await request.form()
@@ -119,6 +138,8 @@ class TenantController(Controller):
                 await get_tenant(conn, tenant_id)
                 await add_credit(conn, tenant_id, top_up, CONSOLE_ACTOR)
         except forms.INPUT_ERRORS as exc:
-            return await tenant_page(request, db, tenant_id, error=forms.message(exc), status=400)
+            return await tenant_page(
+                request, db, tenant_id, error=forms.message(exc), entered=forms.entered(form), status=400
+            )
         keys.forget()
         return redirect(f"/console/tenants/{tenant_id}?done=credit")

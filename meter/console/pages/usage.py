@@ -31,13 +31,13 @@ To = Annotated[date | None, Parameter(query="to", description="inclusive")]
 def period(start: date | None, last: date | None) -> tuple[date, date]:
     """The days asked for as [start, end): by default the last 30 days up to today."""
     last = last or periods.today()
+    if last >= date.max or last < date.min + timedelta(days=DEFAULT_DAYS):
+        raise InvalidRequest("to: must be a day between 0001-01-31 and 9999-12-30")
     start = start or last - timedelta(days=DEFAULT_DAYS - 1)
     if last < start:
         raise InvalidRequest("to: must not be before from")
     if (last - start).days >= MAX_DAYS:
         raise InvalidRequest(f"from: a range is at most {MAX_DAYS} days")
-    if last >= date.max:
-        raise InvalidRequest("to: must be before 9999-12-31")
     return start, last + timedelta(days=1)
 
 
