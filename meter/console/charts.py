@@ -17,7 +17,7 @@ Measure = Literal["cost", "tokens"]
 PALETTE = ("#2563eb", "#d97706", "#059669", "#db2777", "#7c3aed", "#0e7490", "#4d7c0f", "#b91c1c")
 OTHER = "#6b7280"
 WIDTH, HEIGHT = 800, 280
-LEFT, RIGHT, TOP, BOTTOM = 72, 12, 12, 36
+LEFT, RIGHT, TOP, BOTTOM = 84, 12, 12, 36
 
 
 @dataclass

@@ -19,3 +19,8 @@ document.addEventListener("click", (event) => {
     }
   }
 });
+
+// A chart wider than a phone starts scrolled to its latest days.
+for (const chart of document.querySelectorAll(".chart-scroll")) {
+  chart.scrollLeft = chart.scrollWidth;
+}
