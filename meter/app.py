@@ -26,6 +26,7 @@ from meter.admin.statements import StatementController
 from meter.admin.tenants import TenantController
 from meter.admin.usage import UsageController
 from meter.batches.billing import BatchBilling
+from meter.console.router import console_router
 from meter.credentials import KeyHasher
 from meter.db import migrate
 from meter.db.engine import create_engine, create_hot_engine
@@ -183,8 +184,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     )
     heads = migrate.current_heads(database_url)
     service_routes = [*health_routes(parts.engine, heads), exposition_route(parts.metrics.registry, [guard])]
+    console = console_router(settings, parts.engine, parts.keys, parts.hasher, parts.prices)
     app = Litestar(
-        route_handlers=[admin, *service_routes],
+        route_handlers=[admin, console, *service_routes],
         lifespan=[lifespan],
         exception_handlers={Exception: render_error},
         request_max_body_size=settings.max_body_bytes,

@@ -113,6 +113,8 @@ class Settings:
     # How often that reconciliation runs, and the USD drift of a (day, model) bucket it tolerates.
     reconcile_interval_s: float = 3600.0
     reconcile_drift_usd: Decimal = Decimal("0.01")
+    # How long a sign-in to the operator console (/console) lasts.
+    console_session_s: int = 12 * 3600
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.upstream_url).scheme
@@ -145,6 +147,8 @@ class Settings:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"METER_{name.upper()} must not be negative, got {getattr(self, name)}")
+        if self.console_session_s <= 0:
+            raise ConfigError(f"METER_CONSOLE_SESSION_S must be positive, got {self.console_session_s}")
         if not self.reconcile_interval_s > 0:
             raise ConfigError(f"METER_RECONCILE_INTERVAL_S must be positive, got {self.reconcile_interval_s}")
         if not (self.reconcile_drift_usd.is_finite() and self.reconcile_drift_usd >= 0):
@@ -234,4 +238,5 @@ ENV_FIELDS: dict[str, type] = {
     "upstream_admin_key": str,
     "reconcile_interval_s": float,
     "reconcile_drift_usd": UsdAmount,
+    "console_session_s": int,
 }

@@ -24,6 +24,10 @@ def token_actor(admin_token: str) -> str:
     return "admin-token:" + hashlib.sha256(admin_token.encode()).hexdigest()[:8]
 
 
+# Changes made in the operator console (meter/console), whoever signed in with the admin token.
+CONSOLE_ACTOR = "console"
+
+
 def cli_actor() -> str:
     return f"cli:{getpass.getuser()}"
 
@@ -57,11 +61,13 @@ class AuditPage(msgspec.Struct):
     next_cursor: str | None
 
 
-async def list_audit(conn: AsyncConnection, subject_id: str | None, after: str | None, limit: int) -> AuditPage:
+async def list_audit(
+    conn: AsyncConnection, subject_id: str | None, after: str | None, limit: int, newest_first: bool = False
+) -> AuditPage:
     query = select(audit_log)
     if subject_id:
         query = query.where(audit_log.c.subject_id == subject_id)
-    rows, next_cursor = await fetch_page(conn, query, audit_log.c.id, after, limit)
+    rows, next_cursor = await fetch_page(conn, query, audit_log.c.id, after, limit, newest_first)
     return AuditPage(data=[AuditEntry(**row) for row in rows], next_cursor=next_cursor)
 
 

@@ -142,6 +142,48 @@ async def tenant_usage(
     return UsageReport(tenant_id=tenant_id, group_by=group_by, start=start, end=end, data=data)
 
 
+class DayModelUsage(msgspec.Struct):
+    day: date
+    model: str  # '' for requests refused before a model was known
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    cost_usd: str
+    unpriced_requests: int
+
+
+async def usage_by_day_and_model(
+    conn: AsyncConnection, tenant_id: str | None, start: date | None, end: date | None
+) -> tuple[date, date, list[DayModelUsage]]:
+    """Usage per UTC day and model, of one tenant or (None) of all, from the daily rollups; the
+    period as `default_period` reads it, `end` exclusive."""
+    if tenant_id is not None:
+        await get_tenant(conn, tenant_id)
+    start, end = default_period(start, end)
+    names = [name for name in DayModelUsage.__struct_fields__ if name not in ("day", "model")]
+    query = (
+        select(usage_daily.c.day, usage_daily.c.model, *(func.sum(usage_daily.c[name]).label(name) for name in names))
+        .where(usage_daily.c.day >= start, usage_daily.c.day < end)
+        .group_by(usage_daily.c.day, usage_daily.c.model)
+        .order_by(usage_daily.c.day, usage_daily.c.model)
+    )
+    if tenant_id is not None:
+        query = query.where(usage_daily.c.tenant_id == tenant_id)
+    rows = (await conn.execute(query)).mappings().all()
+    data = [
+        DayModelUsage(
+            **{name: int(row[name]) for name in names if name != "cost_usd"},
+            day=row["day"],
+            model=row["model"],
+            cost_usd=money.usd(row["cost_usd"] or 0),
+        )
+        for row in rows
+    ]
+    return start, end, data
+
+
 class UsageController(Controller):
     @get("/tenants/{tenant_id:str}/usage", summary="A tenant's usage by day, model or key (UTC days)", responses=ERRORS)
     async def tenant(
