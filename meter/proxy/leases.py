@@ -99,6 +99,8 @@ class Lease:
         self.refilled_at = 0.0
         self.used_at = time.monotonic()
         self.retired = False
+        # Until when its hold surely lasts (monotonic): granted or renewed this long ago, plus the TTL.
+        self.valid_until = 0.0
         self.lock = asyncio.Lock()
         self.headers: dict[str, Any] = {}
 
@@ -162,6 +164,8 @@ class LeaseBook:
         self._metrics = metrics
         self._owner = owner
         self._ttl_s = ttl_s
+        # A lease is not spent this close to the end of its hold's life.
+        self._margin_s = min(1.0, ttl_s / 4)
         self._leases: dict[tuple[str, ...], Lease] = {}
         # Retired leases whose requests are still running: what those leave unused goes back too.
         self._retired: list[Lease] = []
@@ -175,6 +179,11 @@ class LeaseBook:
         """Take `need` from the subjects' lease (refilling it if it cannot cover it); Refused if the
         headroom, everywhere, is not there. Returns the lease and what to call when the request ends."""
         lease = self._leases.get(subjects)
+        if lease is not None and lease.valid_until and time.monotonic() > lease.valid_until - self._margin_s:
+            # Its hold may lapse (renewals were late, Postgres slow or away): what it still holds may be
+            # anyone's soon. Never spend it; a new lease starts from what Postgres says.
+            self.retire(set(subjects))
+            lease = None
         if lease is None:
             lease = self._leases[subjects] = Lease(f"lease_{self._owner}_{secrets.token_hex(4)}", subjects)
         if not lease.covers(need):
@@ -264,6 +273,7 @@ class LeaseBook:
         }
 
         self._metrics.db_round_trips.labels("lease").inc()
+        sent = time.monotonic()
         async with self._engine.begin() as conn:
             answer = (await conn.execute(_LEASE, arguments)).scalar_one()
         if isinstance(answer, str):
@@ -276,8 +286,16 @@ class LeaseBook:
             lease.requests += granted.requests
             lease.slots += granted.slots
             lease.granted = granted
+            lease.valid_until = sent + self._ttl_s
             lease.headers = {k: answer[k] for k in ("request_header", "token_header") if answer.get(k)}
         return dict(answer)
+
+    def renewed(self, held: set[str], sent: float) -> None:
+        """The holds `held` of this process were renewed by a statement sent at `sent` (monotonic);
+        a lease whose hold was not among them (it lapsed meanwhile) is left to run out of time."""
+        for lease in [*self._leases.values(), *self._retired]:
+            if lease.id in held:
+                lease.valid_until = max(lease.valid_until, sent + self._ttl_s)
 
     async def give_back(self, lease: Lease) -> None:
         """Return what the lease has unused to Postgres."""

@@ -44,7 +44,7 @@ log = logging.getLogger("meter.limits")
 
 _RESERVE = text("SELECT meter_reserve(:hold, :owner, :subjects, :tokens, :usd, :ttl, :slot)")
 _RENEW_HOLDS = text(
-    "UPDATE holds SET expires_at = clock_timestamp() + make_interval(secs => :ttl) WHERE owner = :owner"
+    "UPDATE holds SET expires_at = clock_timestamp() + make_interval(secs => :ttl) WHERE owner = :owner RETURNING id"
 )
 _EXPIRE = text("SELECT meter_expire_holds()")
 # How often idle and retired leases give their headroom back.
@@ -178,7 +178,9 @@ class Limiter:
             renewed = time.monotonic()
             try:
                 async with self._engine.begin() as conn:
-                    await conn.execute(_RENEW_HOLDS, {"ttl": self._ttl_s, "owner": self.owner})
+                    held = (await conn.execute(_RENEW_HOLDS, {"ttl": self._ttl_s, "owner": self.owner})).scalars()
+                    self.leases.renewed(set(held), renewed)
+                async with self._engine.begin() as conn:
                     released = (await conn.execute(_EXPIRE)).scalar_one()
                 if released:
                     log.warning("released %d expired holds of stopped processes", released)

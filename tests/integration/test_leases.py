@@ -184,3 +184,35 @@ def test_a_killed_process_lease_lapses(
     assert state(database_url, tenant)["month_usd_held"] > 0
     eventually(lambda: state(database_url, tenant)["month_usd_held"] == 0, 15, "the dead process's lease to lapse")
     assert httpx.post(meters[1].base_url + "/v1/messages", json=BODY, headers=headers(key)).status_code == 200
+
+
+def test_a_lease_whose_hold_lapsed_is_not_spent(database_url: str, upstream: Process, tmp_path: Path) -> None:
+    """A process that could not renew its lease's hold in time (here: stopped for longer than the
+    TTL, while another process releases the lapsed hold) never spends that lease again: its next
+    request takes a new lease from what Postgres says."""
+    victim, other = (
+        start_meter(database_url, upstream.base_url, tmp_path / name, METER_HOLD_TTL_S="3") for name in ("a", "b")
+    )
+    key, _ = new_tenant([victim], {"budget_usd_per_month": "1"})
+    leases_of = "SELECT id FROM holds WHERE lease AND $1 = ANY(subjects)"
+    url = victim.base_url + "/v1/messages"
+    slow = headers(key, **{"x-demo-output-tokens": "300", "x-demo-tokens-per-second": "20"})
+    try:
+        assert httpx.post(url, json=BODY, headers=headers(key, **CHEAP)).status_code == 200
+        (first,) = [row["id"] for row in sql(database_url, leases_of, key["tenant_id"])]
+        # A stream keeps the lease in use, so it is not simply dropped as idle.
+        stream = httpx.stream("POST", url, json={**BODY, "stream": True, "max_tokens": 400}, headers=slow, timeout=60)
+        assert stream.__enter__().status_code == 200
+        os.kill(victim.process.pid, signal.SIGSTOP)
+        try:
+            eventually(
+                lambda: not sql(database_url, leases_of, key["tenant_id"]), 20, "the stopped process's lease to lapse"
+            )
+        finally:
+            os.kill(victim.process.pid, signal.SIGCONT)
+        assert httpx.post(url, json=BODY, headers=headers(key, **CHEAP), timeout=30).status_code == 200
+        assert [row["id"] for row in sql(database_url, leases_of, key["tenant_id"])] not in ([], [first])
+        stream.__exit__(None, None, None)
+    finally:
+        victim.stop()
+        other.stop()
