@@ -89,9 +89,10 @@ class PgBouncer:
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         self._wait_listening()
 
-    def url(self, alias: str) -> str:
+    def url(self, alias: str, host: str | None = None) -> str:
+        """The URL of the pool `alias`, at one of the addresses PgBouncer listens on (the first by default)."""
         secret = f":{quote(self.password, safe='')}" if self.password else ""
-        return f"postgresql://{quote(self.user, safe='')}{secret}@{self.host}:{self.port}/{alias}"
+        return f"postgresql://{quote(self.user, safe='')}{secret}@{host or self.host}:{self.port}/{alias}"
 
     def show(self, what: str) -> list[dict[str, str]]:
         """Rows of an admin console command (SHOW POOLS, SHOW SERVERS...), read with psql: the console
