@@ -3,7 +3,7 @@ test Postgres (TCP or a Unix socket), with one pool per alias, each in the pool 
 
 Needs the `pgbouncer` binary (Debian: `apt-get install pgbouncer`): without it the tests that use it
 fail when CI is set and are skipped otherwise. PgBouncer refuses to run as root, so as root it is
-started as the `postgres` (or `nobody`) user, in a directory that user owns."""
+started as another user (`_unprivileged_user`), in a directory that user owns."""
 
 from __future__ import annotations
 
@@ -53,11 +53,18 @@ class PgBouncer:
         host = parse_qs(server.query).get("host", [server.hostname or "127.0.0.1"])[0]
         self.host = listen[0]
         self.port = free_port()
-        run_as = _unprivileged_user()
+        port = server.port or 5432
+        run_as = _unprivileged_user(host, port)
         self.directory = Path(tempfile.mkdtemp(prefix="meter-pgbouncer-"))
+        if host.startswith("/"):
+            # The embedded Postgres keeps its socket in its data directory, under pytest's private
+            # temporary root, which PgBouncer's user may not traverse (pytest makes it 0700 again
+            # whenever a session starts): a hard link in PgBouncer's own directory reaches the same
+            # socket by a path it can walk.
+            os.link(Path(host) / f".s.PGSQL.{port}", self.directory / f".s.PGSQL.{port}")
+            host = str(self.directory)
         entries = [
-            f"{alias} = host={host} port={server.port or 5432} dbname={pool.database} pool_mode={pool.mode} "
-            f"pool_size={pool.size}"
+            f"{alias} = host={host} port={port} dbname={pool.database} pool_mode={pool.mode} pool_size={pool.size}"
             for alias, pool in pools.items()
         ]
         # No ignore_startup_parameters and no track_extra_parameters: meter must need neither.
@@ -84,7 +91,8 @@ class PgBouncer:
         command = [self.binary, str(self.directory / "pgbouncer.ini")]
         if run_as is not None:
             for path in (self.directory, *self.directory.iterdir()):
-                os.chown(path, run_as.pw_uid, run_as.pw_gid)
+                if not path.is_socket():  # the socket is the embedded Postgres's: leave it as it is
+                    os.chown(path, run_as.pw_uid, run_as.pw_gid)
             command[1:1] = ["-u", run_as.pw_name]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         self._wait_listening()
@@ -144,9 +152,13 @@ class PgBouncer:
                 time.sleep(0.05)
 
 
-def _unprivileged_user() -> pwd.struct_passwd | None:
+def _unprivileged_user(host: str, port: int) -> pwd.struct_passwd | None:
+    """Who to run PgBouncer as: nobody else when not root; the owner of a Unix socket (the embedded
+    Postgres's user, whom its pg_hba.conf lets in); else postgres or nobody."""
     if os.geteuid() != 0:
         return None
+    if host.startswith("/") and (owner := os.stat(Path(host) / f".s.PGSQL.{port}").st_uid) != 0:
+        return pwd.getpwuid(owner)
     for name in ("postgres", "nobody"):
         try:
             return pwd.getpwnam(name)

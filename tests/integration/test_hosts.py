@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -58,8 +59,16 @@ class Hosts:
     spaces: list[Namespace]
 
 
+# Starting a meter process on this shared 2-core machine can take a minute when other suites run.
+READY_TIMEOUT_S = 180.0
+
+
 def start_in(space: Namespace, argv: list[str], env: dict[str, str], port: int, ready: str) -> Process:
-    return Process(space.command(*argv), env, f"http://{space.address}:{port}", ready, ready_timeout_s=90)
+    log_path = Path(env["METER_DATA_DIR"]) / "process.log"
+    try:
+        return Process(space.command(*argv), env, f"http://{space.address}:{port}", ready, log_path, READY_TIMEOUT_S)
+    except (AssertionError, RuntimeError) as exc:
+        raise RuntimeError(f"{exc}\n{log_path.read_text(errors='replace')[-3000:]}") from exc
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +89,8 @@ def hosts(postgres_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             upstream = start_in(space, argv, {"METER_DATA_DIR": str(directory)}, port, "/_demo/last-request")
             stack.callback(upstream.stop)
             upstreams.append(upstream.base_url)
-        meters: list[Process] = []
-        for index, host in enumerate(PLACEMENT):
+
+        def start_meter(index: int, host: int) -> Process:
             space, port, metrics_port = spaces[host], free_port(), free_port()
             env = {
                 # Each host reaches PgBouncer at the root namespace's end of its own link.
@@ -98,8 +107,18 @@ def hosts(postgres_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             argv = [*METER, "serve", "--host", space.address, "--port", str(port)]
             meter = start_in(space, argv, env, port, "/readyz")
             meter.metrics_url = f"http://{space.address}:{metrics_port}/metrics"
-            stack.callback(meter.stop)
-            meters.append(meter)
+            return meter
+
+        # All at once, as a deployment rolls out: one of them migrates, the others wait for it.
+        with ThreadPoolExecutor(len(PLACEMENT)) as pool:
+            starting = [pool.submit(start_meter, index, host) for index, host in enumerate(PLACEMENT)]
+        for future in starting:
+            if future.exception() is None:
+                stack.callback(future.result().stop)
+        failed = [future.exception() for future in starting if future.exception() is not None]
+        if failed:
+            raise RuntimeError(f"{failed[0]}\npgbouncer's log:\n{bouncer.log()}") from failed[0]
+        meters = [future.result() for future in starting]
         yield Hosts(meters, direct, spaces)
 
 
