@@ -55,6 +55,10 @@ class CpuAccount:
         """Count `pid` and its descendants as the benchmark's own (the detached Postgres server)."""
         self.roots.add(pid)
 
+    def ticks(self) -> int:
+        """CPU time, in clock ticks, that the roots and their descendants have used so far."""
+        return self._ours()
+
     def _ours(self) -> int:
         table = _processes()
         children: dict[int, list[int]] = {}

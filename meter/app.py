@@ -70,8 +70,9 @@ class Parts:
 def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -> Parts:
     if not settings.database_url or not settings.key_pepper:
         raise ValueError("create_app needs settings.database_url and key_pepper (the CLI provides both)")
-    engine = create_engine(settings.database_url)
-    hot_engine = create_hot_engine(settings.database_url)
+    pooled = settings.database_transaction_pooling
+    engine = create_engine(settings.database_url, transaction_pooling=pooled)
+    hot_engine = create_hot_engine(settings.database_url, transaction_pooling=pooled)
     metrics = Metrics(registry or CollectorRegistry(), settings.metrics_max_tenants, {e.name for e in ENDPOINTS})
     prices = PriceTable()
     hasher = KeyHasher(settings.key_pepper or "")
@@ -122,7 +123,6 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     """The ASGI app: Anthropic's paths go straight to the gateway, the rest to Litestar."""
     parts = build_parts(settings, registry)
     server.configure(settings)
-    database_url = settings.database_url or ""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -133,7 +133,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         background = [
             asyncio.create_task(parts.prices.follow(parts.engine)),
             asyncio.create_task(parts.gateway.limiter.housekeeping()),
-            asyncio.create_task(parts.keys.listen(database_url, parts.gateway.limiter.followers())),
+            asyncio.create_task(parts.keys.listen(settings.listen_url(), parts.gateway.limiter.followers())),
             asyncio.create_task(report_budgets(parts.engine, parts.metrics)),
             asyncio.create_task(parts.billing.run()),
             asyncio.create_task(keep_reconciled(settings, parts.engine, parts.metrics, parts.prices)),
@@ -182,7 +182,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             "actor": Provide(lambda: actor, sync_to_thread=False),
         },
     )
-    heads = migrate.current_heads(database_url)
+    heads = migrate.current_heads(settings.database_url or "")
     service_routes = [*health_routes(parts.engine, heads), exposition_route(parts.metrics.registry, [guard])]
     console = console_router(settings, parts.engine, parts.keys, parts.hasher, parts.prices)
     app = Litestar(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -25,6 +25,16 @@ class ConfigError(ValueError):
     """Invalid configuration; the CLI prints its message as one line and exits."""
 
 
+def flag(value: str) -> bool:
+    """A yes/no setting: 1/true/yes/on or 0/false/no/off, any case."""
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a yes/no value: {value!r}")
+
+
 class UsdAmount(Decimal):
     """A USD amount read from the environment: exact, and a ValueError (not Decimal's own
     InvalidOperation) when the text is not a number, so `from_env` reports it as a bad value."""
@@ -39,6 +49,13 @@ class UsdAmount(Decimal):
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
+    # A session of its own, for what a transaction pooler (PgBouncer pool_mode=transaction) cannot
+    # carry: LISTEN and the reconciliation's advisory lock. Unset: database_url. Point it at Postgres
+    # directly (or a session-mode pool) when database_url goes through a transaction pooler.
+    listen_database_url: str | None = None
+    # database_url goes through a transaction pooler: no named prepared statements (a statement may
+    # run on another server connection than the one it was prepared on) and no session settings.
+    database_transaction_pooling: bool = False
     data_dir: Path = Path(".meter")
     upstream_url: str = DEFAULT_UPSTREAM
     upstream_api_key: str | None = field(default=None, repr=False)
@@ -122,6 +139,14 @@ class Settings:
             raise ConfigError(f"METER_UPSTREAM_URL must be an http(s) URL, got {self.upstream_url!r}")
         if self.database_url is not None and not self.database_url.startswith(POSTGRES_SCHEMES):
             raise ConfigError("METER_DATABASE_URL must be a postgresql:// URL")
+        if self.listen_database_url is not None and not self.listen_database_url.startswith(POSTGRES_SCHEMES):
+            raise ConfigError("METER_LISTEN_DATABASE_URL must be a postgresql:// URL")
+        if self.database_transaction_pooling and not self.listen_database_url:
+            raise ConfigError(
+                "METER_DATABASE_TRANSACTION_POOLING needs METER_LISTEN_DATABASE_URL: LISTEN and the "
+                "reconciliation's advisory lock need a session, which a transaction pooler does not keep "
+                "(point it at Postgres directly, or at a session-mode pool)"
+            )
         if not 0 < self.port < 65536:
             raise ConfigError(f"METER_PORT must be a port number, got {self.port}")
         if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN_LENGTH:
@@ -172,6 +197,10 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
+    def listen_url(self) -> str:
+        """Where meter LISTENs and holds session locks: the listen URL, else the database URL."""
+        return self.listen_database_url or self.database_url or ""
+
     def metrics_host_port(self) -> tuple[str, int]:
         host, _, port = (self.metrics_address or "").rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -202,8 +231,10 @@ class Settings:
         return secret
 
 
-ENV_FIELDS: dict[str, type] = {
+ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "database_url": str,
+    "listen_database_url": str,
+    "database_transaction_pooling": flag,
     "data_dir": Path,
     "upstream_url": str,
     "upstream_api_key": str,

@@ -40,7 +40,9 @@ def run_migrations(connection: Connection) -> None:
 
 
 async def run_async() -> None:
-    engine = create_engine(database_url(), pool_size=1)
+    engine = create_engine(
+        database_url(), pool_size=1, transaction_pooling=bool(config.attributes.get("transaction_pooling"))
+    )
     async with engine.connect() as connection:
         await connection.run_sync(run_migrations)
     await engine.dispose()

@@ -55,7 +55,9 @@ def in_transaction(config: Settings, work: Callable[[AsyncConnection], Awaitable
     from meter.db.engine import create_engine
 
     async def run() -> T:
-        engine = create_engine(database_url(config), pool_size=1)
+        engine = create_engine(
+            database_url(config), pool_size=1, transaction_pooling=config.database_transaction_pooling
+        )
         try:
             async with engine.begin() as conn:
                 return await work(conn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import signal
@@ -53,13 +54,15 @@ def register(commands: Any) -> None:
 def _db_upgrade(args: argparse.Namespace) -> None:
     from meter.db import migrate
 
-    migrate.upgrade(common.database_url(common.settings(args)))
+    config = common.settings(args)
+    migrate.upgrade(common.database_url(config), transaction_pooling=config.database_transaction_pooling)
 
 
 def _db_check(args: argparse.Namespace) -> None:
     from meter.db import migrate
 
-    migrate.check(common.database_url(common.settings(args)))
+    config = common.settings(args)
+    migrate.check(common.database_url(config), transaction_pooling=config.database_transaction_pooling)
 
 
 def _demo_upstream(args: argparse.Namespace) -> None:
@@ -96,11 +99,14 @@ def _run_gateway(settings: Settings, demo_mode: bool) -> None:
 
     from meter.app import create_app
     from meter.db import migrate
+    from meter.db.pooling import check_database
     from meter.metrics import serve_exposition
     from meter.server import GuardedHttpToolsProtocol
 
     url = common.database_url(settings)
-    migrate.upgrade(url)
+    # Before anything else talks to the database: a pooler in the way is named, not met later.
+    asyncio.run(check_database(replace(settings, database_url=url)))
+    migrate.upgrade(url, transaction_pooling=settings.database_transaction_pooling)
     token_was_new = not settings.admin_token and not (settings.data_dir / "admin_token").exists()
     settings = replace(settings, database_url=url).with_admin_token().with_key_pepper()
     common.check_pepper(settings, KeyHasher(settings.key_pepper or ""))

@@ -30,25 +30,50 @@ def _without_scheme(url: str) -> str:
     raise ValueError(f"not a postgresql:// URL: {url!r}")
 
 
-def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+# Connections each engine of a meter process may open: `pool_size` kept, as many again on bursts.
+ENGINE_POOL_SIZE = 10
+HOT_ENGINE_POOL_SIZE = 20
+
+# Through a transaction pooler (PgBouncer pool_mode=transaction) consecutive transactions of one
+# client connection may run on different server connections, so a named prepared statement may be
+# missing there or clash with another client's of the same name. With both caches off, asyncpg
+# prepares each statement unnamed and binds it before the Sync that ends the exchange: one server
+# connection sees the whole of it, and nothing is left behind on the server.
+UNNAMED_STATEMENTS = {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
+
+
+def create_engine(url: str, pool_size: int = ENGINE_POOL_SIZE, transaction_pooling: bool = False) -> AsyncEngine:
     """The engine for admin work, the ledger and background tasks."""
     # pool_pre_ping: after a Postgres restart the pool would otherwise hand out dead connections.
-    return create_async_engine(async_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_async_engine(
+        async_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args=dict(UNNAMED_STATEMENTS) if transaction_pooling else {},
+    )
 
 
-def create_hot_engine(url: str, pool_size: int = 20) -> AsyncEngine:
+def create_hot_engine(
+    url: str, pool_size: int = HOT_ENGINE_POOL_SIZE, transaction_pooling: bool = False
+) -> AsyncEngine:
     """The request path's engine: each statement is its own transaction (AUTOCOMMIT: no BEGIN or
     COMMIT round trips) and there is no pre-ping, so a statement costs one round trip. A dead
     connection is retried once instead (`once_more_if_disconnected`)."""
+    # A reservation need not wait for its WAL flush: if Postgres itself crashes, what is lost is
+    # holds of requests in flight, which expire anyway; settled usage arrives with the ledger rows,
+    # whose commits do wait. This takes a disk flush off every lease refill. A transaction pooler
+    # would hand the session setting to other clients' transactions (the ledger's among them), and
+    # PgBouncer refuses it at connect: there, these commits wait for their flush too.
+    connect_args: dict[str, object] = (
+        dict(UNNAMED_STATEMENTS) if transaction_pooling else {"server_settings": {"synchronous_commit": "off"}}
+    )
     return create_async_engine(
         async_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
         isolation_level="AUTOCOMMIT",
-        # A reservation need not wait for its WAL flush: if Postgres itself crashes, what is lost is
-        # holds of requests in flight, which expire anyway; settled usage arrives with the ledger
-        # rows, whose commits do wait. This takes a disk flush off every limited request.
-        connect_args={"server_settings": {"synchronous_commit": "off"}},
+        connect_args=connect_args,
     )
 
 

@@ -19,25 +19,27 @@ def migrations_dir() -> Path:
     raise FileNotFoundError("meter's migrations are not installed")
 
 
-def alembic_config(url: str) -> Config:
+def alembic_config(url: str, transaction_pooling: bool = False) -> Config:
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     # env.py reads the URL from here; it is not put in the ini, where '%' would need escaping.
     config.attributes["database_url"] = url
+    config.attributes["transaction_pooling"] = transaction_pooling
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
+def upgrade(url: str, revision: str = "head", transaction_pooling: bool = False) -> None:
+    """Migrate; through a transaction pooler too (every migration runs in one transaction)."""
+    command.upgrade(alembic_config(url, transaction_pooling), revision)
 
 
 def downgrade(url: str, revision: str) -> None:
     command.downgrade(alembic_config(url), revision)
 
 
-def check(url: str) -> None:
+def check(url: str, transaction_pooling: bool = False) -> None:
     """Raise if the models and the migrations differ (alembic's autogenerate finds changes)."""
-    command.check(alembic_config(url))
+    command.check(alembic_config(url, transaction_pooling))
 
 
 def current_heads(url: str) -> set[str]:

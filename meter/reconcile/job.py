@@ -4,8 +4,9 @@ and exports the result as metrics, for the MeterBillingDrift alert.
 
 One process at a time: the first to take a Postgres advisory lock on a connection of its own keeps
 it (and the connection) while it lives; the others try again each interval, so another takes over
-within an interval of the holder stopping. The lock needs a session: behind PgBouncer in
-transaction mode, METER_DATABASE_URL must reach Postgres directly (as LISTEN does).
+within an interval of the holder stopping. The lock needs a session, so it is taken where LISTEN
+is (METER_LISTEN_DATABASE_URL when set): behind a transaction pooler it would stay with whichever
+server connection took it.
 
 While some bucket's drift is over the threshold the job looks again every RECHECK_S rather than
 every interval, so a drift that was only the upstream's reports lagging behind (Anthropic's appear
@@ -103,7 +104,7 @@ async def keep_reconciled(settings: Settings, engine: AsyncEngine, metrics: Metr
     once when no admin key is configured."""
     if not settings.upstream_admin_key or not settings.database_url:
         return
-    lock = AdvisoryLock(settings.database_url)
+    lock = AdvisoryLock(settings.listen_url())
     seen: set[str] = set()
     try:
         while True:
