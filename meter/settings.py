@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -113,6 +113,14 @@ class Settings:
     # How often that reconciliation runs, and the USD drift of a (day, model) bucket it tolerates.
     reconcile_interval_s: float = 3600.0
     reconcile_drift_usd: Decimal = Decimal("0.01")
+    # Webhooks (meter/webhooks): how often events are looked for (budget thresholds, credit, key
+    # expiry, ended batches) and due deliveries sent, how long one attempt may take, and the pauses
+    # between attempts of a delivery that fails (the default retries for about 27 hours; the
+    # delivery is given up after the last).
+    webhook_check_s: float = 5.0
+    webhook_poll_s: float = 1.0
+    webhook_timeout_s: float = 10.0
+    webhook_retry_s: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.upstream_url).scheme
@@ -147,6 +155,11 @@ class Settings:
                 raise ConfigError(f"METER_{name.upper()} must not be negative, got {getattr(self, name)}")
         if not self.reconcile_interval_s > 0:
             raise ConfigError(f"METER_RECONCILE_INTERVAL_S must be positive, got {self.reconcile_interval_s}")
+        for name in ("webhook_check_s", "webhook_poll_s", "webhook_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"METER_{name.upper()} must be positive, got {getattr(self, name)}")
+        if any(not pause >= 0 for pause in self.webhook_retry_s):
+            raise ConfigError(f"METER_WEBHOOK_RETRY_S must be seconds >= 0, got {self.webhook_retry_s}")
         if not (self.reconcile_drift_usd.is_finite() and self.reconcile_drift_usd >= 0):
             raise ConfigError(f"METER_RECONCILE_DRIFT_USD must be a USD amount >= 0, got {self.reconcile_drift_usd}")
 
@@ -198,7 +211,12 @@ class Settings:
         return secret
 
 
-ENV_FIELDS: dict[str, type] = {
+def seconds_list(raw: str) -> tuple[float, ...]:
+    """`5,300,1800` -> (5.0, 300.0, 1800.0); a ValueError for anything else."""
+    return tuple(float(part) for part in raw.split(","))
+
+
+ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "database_url": str,
     "data_dir": Path,
     "upstream_url": str,
@@ -234,4 +252,8 @@ ENV_FIELDS: dict[str, type] = {
     "upstream_admin_key": str,
     "reconcile_interval_s": float,
     "reconcile_drift_usd": UsdAmount,
+    "webhook_check_s": float,
+    "webhook_poll_s": float,
+    "webhook_timeout_s": float,
+    "webhook_retry_s": seconds_list,
 }
