@@ -1,10 +1,12 @@
 """A webhook receiver on a real socket, in a thread of the test process: it records every POST
 (path, headers, body) and answers by its path: `/ok` 200, `/fail-twice` 500 to the first two
-attempts of each webhook-id and 200 after, `/fail` always 500."""
+attempts of each webhook-id and 200 after, `/fail` always 500, `/redirect` a 307 to `/ok`, and
+`/drip` a 200 whose body comes a byte every 0.5 s."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,6 +53,24 @@ def receiver() -> Iterator[Receiver]:
             body = self.rfile.read(length)
             headers = {name.lower(): value for name, value in self.headers.items()}
             status = state._record(Received(self.path, headers, body))
+            if self.path == "/redirect":
+                self.send_response(307)
+                self.send_header("location", "/ok")
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
+            if self.path == "/drip":
+                self.send_response(200)
+                self.send_header("content-length", "1000")
+                self.end_headers()
+                for _ in range(1000):
+                    time.sleep(0.5)
+                    try:
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                    except OSError:
+                        return  # meter hung up: as it should
+                return
             self.send_response(status)
             self.send_header("content-length", "2")
             self.end_headers()

@@ -101,13 +101,18 @@ class Deliverer:
     async def _send(self, attempt: Attempt) -> Outcome:
         body = attempt.body.encode()
         headers = signing.headers(attempt.secret, attempt.id, int(time.time()), body)
+        answer = b""
         try:
-            async with self._client.stream("POST", attempt.url, content=body, headers=headers) as response:
-                answer = b""
-                async for chunk in response.aiter_bytes():
-                    answer += chunk
-                    if len(answer) >= RESPONSE_LIMIT:
-                        break
+            # The whole attempt, not each read, is bounded: a receiver that drips its answer byte
+            # by byte must not outlive the lease.
+            async with asyncio.timeout(self._timeout_s):
+                async with self._client.stream("POST", attempt.url, content=body, headers=headers) as response:
+                    async for chunk in response.aiter_bytes():
+                        answer += chunk
+                        if len(answer) >= RESPONSE_LIMIT:
+                            break
+        except TimeoutError:
+            return Outcome(False, None, f"no answer within {self._timeout_s} s")
         except httpx.HTTPError as exc:
             return Outcome(False, None, f"{type(exc).__name__}: {exc}"[:500])
         if 200 <= response.status_code < 300:

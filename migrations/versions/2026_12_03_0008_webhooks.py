@@ -46,9 +46,7 @@ def upgrade() -> None:
         sa.Column("last_status_code", sa.SmallInteger(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
-        sa.CheckConstraint(
-            "status IN ('pending', 'delivered', 'failed')", name=op.f("ck_webhook_deliveries_status")
-        ),
+        sa.CheckConstraint("status IN ('pending', 'delivered', 'failed')", name=op.f("ck_webhook_deliveries_status")),
         sa.ForeignKeyConstraint(
             ["webhook_id"],
             ["webhooks.id"],

@@ -20,7 +20,12 @@ from tests.support import Admin, Ledger, Process, eventually, sample, start_mete
 from tests.webhook_receiver import Received, Receiver, receiver
 
 # Seconds, so that a test sees a day's retry schedule in a second.
-FAST = {"METER_WEBHOOK_CHECK_S": "0.2", "METER_WEBHOOK_POLL_S": "0.1", "METER_WEBHOOK_RETRY_S": "0.2,0.2,0.2"}
+FAST = {
+    "METER_WEBHOOK_CHECK_S": "0.2",
+    "METER_WEBHOOK_POLL_S": "0.1",
+    "METER_WEBHOOK_RETRY_S": "0.2,0.2,0.2",
+    "METER_WEBHOOK_TIMEOUT_S": "2",
+}
 BODY: dict[str, Any] = {
     "model": "claude-sonnet-4-6",
     "max_tokens": 20,
@@ -177,6 +182,24 @@ def test_a_receiver_that_always_fails_is_given_up_after_the_schedule(meters: lis
     assert failed[0]["attempts"] == 4
     assert failed[0]["last_status_code"] == 500 and failed[0]["next_attempt_at"] is None
     assert len([r for r in hooks.received("/fail") if r.headers["webhook-id"] == failed[0]["id"]]) == 4
+
+
+@pytest.mark.parametrize(("path", "error"), [("/redirect", "HTTP 307"), ("/drip", "no answer within 2.0 s")])
+def test_redirects_are_not_followed_and_a_slow_answer_is_cut_off(
+    meters: list[Process], hooks: Receiver, path: str, error: str
+) -> None:
+    admin = Admin(meters[0].base_url)
+    tenant_id = admin.create_tenant(f"hostile-{secrets.token_hex(3)}")["id"]
+    webhook = subscribe(admin, hooks.base_url + path, "key.expiring", tenant_id=tenant_id)
+    key = admin.issue_key(tenant_id, expires_at=(datetime.now(UTC) + timedelta(days=2)).isoformat())
+    deliveries = f"/admin/webhooks/{webhook['id']}/deliveries"
+    retried = eventually(
+        lambda: [d for d in admin.request("GET", deliveries).json()["data"] if d["attempts"] >= 2],
+        waiting_for="a second attempt",
+    )
+    assert retried[0]["status"] in ("pending", "failed") and retried[0]["last_error"].startswith(error)
+    # Nothing reached the redirect's target.
+    assert not [r for r in hooks.received("/ok") if key["id"].encode() in r.body]
 
 
 def test_credit_low_and_exhausted_once_per_top_up(meters: list[Process], hooks: Receiver) -> None:
