@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import anthropic
 import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -25,6 +26,7 @@ FAST = {
     "METER_WEBHOOK_POLL_S": "0.1",
     "METER_WEBHOOK_RETRY_S": "0.2,0.2,0.2",
     "METER_WEBHOOK_TIMEOUT_S": "2",
+    "METER_BATCH_POLL_S": "0.2",
 }
 BODY: dict[str, Any] = {
     "model": "claude-sonnet-4-6",
@@ -200,6 +202,26 @@ def test_redirects_are_not_followed_and_a_slow_answer_is_cut_off(
     assert retried[0]["status"] in ("pending", "failed") and retried[0]["last_error"].startswith(error)
     # Nothing reached the redirect's target.
     assert not [r for r in hooks.received("/ok") if key["id"].encode() in r.body]
+
+
+def test_batch_ended_once_its_results_are_billed(meters: list[Process], hooks: Receiver, ledger: Ledger) -> None:
+    admin = Admin(meters[0].base_url)
+    key = new_tenant(admin)
+    path = f"/batches-{key['tenant_id']}"
+    webhook = subscribe(admin, hooks.base_url + path, "batch.ended", tenant_id=key["tenant_id"])
+    item: Any = {"custom_id": "only", "params": BODY}
+    with anthropic.Anthropic(base_url=meters[1].base_url, api_key=key["key"], max_retries=0) as client:
+        batch = client.messages.batches.create(requests=[item], extra_headers={"x-demo-batch-seconds": "0.3"})
+    (received,) = eventually(lambda: hooks.received(path), 30, "batch.ended")
+    payload = verified(webhook, received)
+    assert payload["type"] == "batch.ended"
+    data = payload["data"]
+    assert (data["batch_id"], data["tenant_id"], data["key_id"]) == (batch.id, key["tenant_id"], key["id"])
+    assert (data["processing_status"], data["billed_results"], data["request_counts"]["succeeded"]) == ("ended", 1, 1)
+    # Billed before it was announced.
+    assert [row["upstream_request_id"] for row in ledger.rows(tenant_id=key["tenant_id"], endpoint="batches")] == [
+        f"{batch.id}/only"
+    ]
 
 
 def test_credit_low_and_exhausted_once_per_top_up(meters: list[Process], hooks: Receiver) -> None:
