@@ -158,13 +158,14 @@ async def get_webhook(conn: AsyncConnection, webhook_id: str) -> Webhook:
     return _view(row)
 
 
-async def delete_webhook(conn: AsyncConnection, webhook_id: str, actor: str) -> None:
-    """Delete a webhook and its deliveries: nothing more is sent to it."""
-    deleted = await conn.execute(delete_rows(webhooks).where(webhooks.c.id == webhook_id).returning(webhooks.c.url))
-    url = deleted.scalar()
-    if url is None:
+async def delete_webhook(conn: AsyncConnection, webhook_id: str, actor: str) -> Webhook:
+    """Delete a webhook and its deliveries: nothing more is sent to it. Returns what was deleted."""
+    deleted = await conn.execute(delete_rows(webhooks).where(webhooks.c.id == webhook_id).returning(*_PUBLIC))
+    row = deleted.mappings().first()
+    if row is None:
         raise NotFound(f"No webhook with id {webhook_id!r}.")
-    await audit.record(conn, actor, "webhook.delete", webhook_id, {"url": url})
+    await audit.record(conn, actor, "webhook.delete", webhook_id, {"url": row["url"]})
+    return _view(row)
 
 
 async def rotate_secret(conn: AsyncConnection, webhook_id: str, actor: str) -> WebhookWithSecret:
@@ -232,10 +233,10 @@ class WebhookController(Controller):
         async with db.connect() as conn:
             return await get_webhook(conn, webhook_id)
 
-    @delete("/{webhook_id:str}", summary="Delete a webhook and its deliveries", responses=ERRORS)
-    async def remove(self, webhook_id: str, db: AsyncEngine, actor: str) -> None:
+    @delete("/{webhook_id:str}", summary="Delete a webhook and its deliveries", status_code=200, responses=ERRORS)
+    async def remove(self, webhook_id: str, db: AsyncEngine, actor: str) -> Webhook:
         async with db.begin() as conn:
-            await delete_webhook(conn, webhook_id, actor)
+            return await delete_webhook(conn, webhook_id, actor)
 
     @post(
         "/{webhook_id:str}/rotate",

@@ -264,7 +264,8 @@ def test_operator_api_shows_secrets_once_validates_urls_and_audits(meters: list[
     for event_types in ([], ["budget.thresholds"]):
         refused = admin.request("POST", "/admin/webhooks", json={"url": hooks.base_url, "event_types": event_types})
         assert refused.status_code == 400, refused.text
-    assert admin.request("DELETE", f"/admin/webhooks/{created['id']}").status_code == 204
+    deleted = admin.request("DELETE", f"/admin/webhooks/{created['id']}")
+    assert deleted.status_code == 200 and deleted.json()["id"] == created["id"] and "secret" not in deleted.json()
     assert admin.request("GET", f"/admin/webhooks/{created['id']}").status_code == 404
     assert admin.request("DELETE", f"/admin/webhooks/{created['id']}").status_code == 404
     audit = admin.request("GET", "/admin/audit", params={"subject_id": created["id"]}).json()["data"]
