@@ -1,6 +1,6 @@
 """The handlers of the tenant's own reports: answered by meter (never forwarded), for the caller's
-tenant only. Like every authenticated request they count against `requests_per_minute` and are in
-the ledger, at no cost."""
+tenant only. Like every authenticated request they count against `requests_per_minute` (and are
+read only once admitted) and are in the ledger, at no cost."""
 
 from __future__ import annotations
 
@@ -20,10 +20,15 @@ from meter.reports.usage import usage_report
 
 class _Local(Anthropic):
     async def prepare(self, exchange: Exchange, request: TenantRequest) -> UpstreamRequest | Answer:
-        assert self.services.engine is not None
-        async with self.services.engine.connect() as conn:
-            body = await self.read(conn, exchange.caller, request)
-        return Answer(200, msgspec.json.encode(body))
+        engine = self.services.engine
+        assert engine is not None
+
+        async def read() -> bytes:
+            async with engine.connect() as conn:
+                return msgspec.json.encode(await self.read(conn, exchange.caller, request))
+
+        # Read once admitted: a request refused for its rate runs no query.
+        return Answer(200, b"", deferred=read)
 
     async def read(self, conn: AsyncConnection, caller: Caller, request: TenantRequest) -> dict[str, Any]:
         raise NotImplementedError

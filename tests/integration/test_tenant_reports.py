@@ -266,3 +266,12 @@ def test_limits_show_used_and_remaining(admin: Admin, meter: Process, ledger: Le
     # Reading it costs nothing: the numbers stay as they were, and its ledger rows cost $0.
     assert view()["limits"] == body["limits"]
     assert {r["cost_usd"] for r in ledger.rows(tenant_id=key["tenant_id"]) if r["endpoint"] == "meter.limits"} <= {0}
+
+
+def test_reports_count_against_requests_per_minute(admin: Admin, meter: Process) -> None:
+    key = admin.issue_key(admin.create_tenant(f"polling-{secrets.token_hex(3)}")["id"])
+    limits = {"requests_per_minute": 2}
+    assert admin.request("PUT", f"/admin/tenants/{key['tenant_id']}/limits", json=limits).status_code == 200
+    answers = [get(meter, key, USAGE, **today()), get(meter, key, COST, **today()), get(meter, key, "/v1/meter/limits")]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert answers[2].json()["error"]["type"] == "rate_limit_error"
