@@ -9,7 +9,7 @@ deliveries.
 from __future__ import annotations
 
 import ipaddress
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -47,6 +47,11 @@ class WebhookCreate(msgspec.Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         check_usd("credit_low_usd", self.credit_low_usd)
+
+
+class SecretRotate(msgspec.Struct, forbid_unknown_fields=True):
+    # How long attempts are signed with the previous secret as well; 0 stops it at once.
+    grace_period_s: Annotated[int, msgspec.Meta(ge=0, le=7 * 24 * 3600)] = 3600
 
 
 class Webhook(msgspec.Struct):
@@ -168,19 +173,25 @@ async def delete_webhook(conn: AsyncConnection, webhook_id: str, actor: str) -> 
     return _view(row)
 
 
-async def rotate_secret(conn: AsyncConnection, webhook_id: str, actor: str) -> WebhookWithSecret:
-    """A new signing secret, used from the next attempt on (retries of earlier events included)."""
+async def rotate_secret(conn: AsyncConnection, webhook_id: str, rotate: SecretRotate, actor: str) -> WebhookWithSecret:
+    """A new signing secret, used from the next attempt on (retries of earlier events included);
+    the previous one signs too for the grace period."""
     secret = new_secret()
     changed = (
         update(webhooks)
         .where(webhooks.c.id == webhook_id)
-        .values(secret=secret, secret_rotated_at=func.now())
+        .values(
+            previous_secret=webhooks.c.secret,
+            previous_valid_until=func.now() + timedelta(seconds=rotate.grace_period_s),
+            secret=secret,
+            secret_rotated_at=func.now(),
+        )
         .returning(*_PUBLIC)
     )
     row = (await conn.execute(changed)).mappings().first()
     if row is None:
         raise NotFound(f"No webhook with id {webhook_id!r}.")
-    await audit.record(conn, actor, "webhook.rotate_secret", webhook_id)
+    await audit.record(conn, actor, "webhook.rotate_secret", webhook_id, {"grace_period_s": rotate.grace_period_s})
     return WebhookWithSecret(**msgspec.structs.asdict(_view(row)), secret=secret)
 
 
@@ -240,13 +251,15 @@ class WebhookController(Controller):
 
     @post(
         "/{webhook_id:str}/rotate",
-        summary="A new signing secret, shown once",
+        summary="A new signing secret, shown once; the old one also signs for grace_period_s",
         status_code=200,
         responses=ERRORS,
     )
-    async def rotate(self, webhook_id: str, db: AsyncEngine, actor: str) -> WebhookWithSecret:
+    async def rotate(
+        self, webhook_id: str, db: AsyncEngine, actor: str, data: SecretRotate | None = None
+    ) -> WebhookWithSecret:
         async with db.begin() as conn:
-            return await rotate_secret(conn, webhook_id, actor)
+            return await rotate_secret(conn, webhook_id, data or SecretRotate(), actor)
 
     @get("/{webhook_id:str}/deliveries", summary="A webhook's deliveries, newest first", responses=ERRORS)
     async def deliveries(

@@ -325,6 +325,10 @@ webhooks = Table(
     Column("secret", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("secret_rotated_at", DateTime(timezone=True)),
+    # After a rotation, attempts are signed with the previous secret too until `previous_valid_until`
+    # (the specification's several signatures), so a receiver can switch without refusing any.
+    Column("previous_secret", Text),
+    Column("previous_valid_until", DateTime(timezone=True)),
 )
 
 # One row per event for each webhook it goes to: emitted once (the unique `dedup_key`, e.g.

@@ -49,7 +49,8 @@ _CLAIM = text(
         LIMIT :batch
         FOR UPDATE SKIP LOCKED
     )
-    RETURNING d.id, d.body, d.attempts, w.url, w.secret
+    RETURNING d.id, d.body, d.attempts, w.url, w.secret,
+        CASE WHEN w.previous_valid_until > clock_timestamp() THEN w.previous_secret END
     """
 )
 
@@ -61,6 +62,8 @@ class Attempt:
     attempt: int
     url: str
     secret: str
+    # The secret before a rotation, during its grace period.
+    previous_secret: str | None
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,8 @@ class Deliverer:
 
     async def _send(self, attempt: Attempt) -> Outcome:
         body = attempt.body.encode()
-        headers = signing.headers(attempt.secret, attempt.id, int(time.time()), body)
+        keys = [attempt.secret] + ([attempt.previous_secret] if attempt.previous_secret else [])
+        headers = signing.headers(keys, attempt.id, int(time.time()), body)
         answer = b""
         try:
             # The whole attempt, not each read, is bounded: a receiver that drips its answer byte

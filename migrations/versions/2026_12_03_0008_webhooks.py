@@ -28,6 +28,8 @@ def upgrade() -> None:
         sa.Column("secret", sa.Text(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("secret_rotated_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("previous_secret", sa.Text(), nullable=True),
+        sa.Column("previous_valid_until", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=op.f("fk_webhooks_tenant_id_tenants")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhooks")),
     )
