@@ -17,6 +17,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from tests.integration.test_cli import meter_cli
 from tests.support import Admin, Ledger, Process, eventually, sample, start_meter
 from tests.webhook_receiver import Received, Receiver, receiver
 
@@ -312,3 +313,32 @@ def test_operator_api_shows_secrets_once_validates_urls_and_audits(meters: list[
     audit = admin.request("GET", "/admin/audit", params={"subject_id": created["id"]}).json()["data"]
     assert [entry["action"] for entry in audit] == ["webhook.create", "webhook.rotate_secret", "webhook.delete"]
     assert all(created["secret"] not in json.dumps(entry) for entry in audit)
+
+
+def test_the_cli_manages_webhooks_with_the_same_functions(
+    meters: list[Process], hooks: Receiver, database_url: str
+) -> None:
+    admin = Admin(meters[0].base_url)
+    tenant_id = admin.create_tenant(f"cli-{secrets.token_hex(3)}")["id"]
+    path = f"/cli-{tenant_id}"
+    made = meter_cli(
+        database_url, "webhooks", "create", hooks.base_url + path, "--event", "key.expiring", "--tenant", tenant_id
+    )
+    key = admin.issue_key(tenant_id, expires_at=(datetime.now(UTC) + timedelta(days=6)).isoformat())
+    (received,) = eventually(lambda: hooks.received(path), waiting_for="key.expiring")
+    assert verified(made, received)["data"]["key_id"] == key["id"]
+    listed = [w for w in meter_cli(database_url, "webhooks", "list") if w["id"] == made["id"]]
+    assert listed and "secret" not in listed[0]
+    delivered = eventually(
+        lambda: [
+            d for d in meter_cli(database_url, "webhooks", "deliveries", made["id"]) if d["status"] == "delivered"
+        ],
+        waiting_for="the delivery to be recorded",
+    )
+    assert delivered[0]["id"] == received.headers["webhook-id"]
+    assert meter_cli(database_url, "webhooks", "delete", made["id"])["id"] == made["id"]
+    audit = admin.request("GET", "/admin/audit", params={"subject_id": made["id"]}).json()["data"]
+    assert [(e["action"], e["actor"].startswith("cli:")) for e in audit] == [
+        ("webhook.create", True),
+        ("webhook.delete", True),
+    ]
