@@ -18,7 +18,7 @@ import msgspec
 from litestar import Controller, delete, get, post
 from litestar.params import Parameter
 from sqlalchemy import delete as delete_rows
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from meter import money
@@ -147,8 +147,14 @@ async def create_webhook(conn: AsyncConnection, spec: WebhookCreate, actor: str)
     return WebhookWithSecret(**msgspec.structs.asdict(view), secret=secret)
 
 
-async def list_webhooks(conn: AsyncConnection, after: str | None, limit: int) -> WebhookPage:
+async def list_webhooks(
+    conn: AsyncConnection, after: str | None, limit: int, tenant_id: str | None = None
+) -> WebhookPage:
+    """Webhooks oldest first; with `tenant_id`, those that hear of that tenant (its own and the
+    ones of every tenant)."""
     query = select(*_PUBLIC).order_by(webhooks.c.id).limit(limit + 1)
+    if tenant_id is not None:
+        query = query.where(or_(webhooks.c.tenant_id == tenant_id, webhooks.c.tenant_id.is_(None)))
     if after:
         query = query.where(webhooks.c.id > after)
     rows = (await conn.execute(query)).mappings().all()
@@ -234,10 +240,12 @@ class WebhookController(Controller):
         async with db.begin() as conn:
             return await create_webhook(conn, data, actor)
 
-    @get("/", summary="The webhooks (never their secrets)", responses=ERRORS)
-    async def list(self, db: AsyncEngine, after: str | None = None, limit: Limit = 100) -> WebhookPage:
+    @get("/", summary="The webhooks (never their secrets); tenant_id: those that hear of it", responses=ERRORS)
+    async def list(
+        self, db: AsyncEngine, after: str | None = None, limit: Limit = 100, tenant_id: str | None = None
+    ) -> WebhookPage:
         async with db.connect() as conn:
-            return await list_webhooks(conn, after, limit)
+            return await list_webhooks(conn, after, limit, tenant_id)
 
     @get("/{webhook_id:str}", summary="One webhook", responses=ERRORS)
     async def show(self, webhook_id: str, db: AsyncEngine) -> Webhook:

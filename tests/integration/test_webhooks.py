@@ -296,6 +296,12 @@ def test_operator_api_shows_secrets_once_validates_urls_and_audits(meters: list[
     listed = admin.request("GET", "/admin/webhooks", params={"limit": 1000}).json()["data"]
     mine = [w for w in listed if w["id"] == created["id"]]
     assert mine and "secret" not in mine[0] and mine[0]["credit_low_usd"] == "10.00"
+    # Filtered by tenant: its own webhooks and those of every tenant, never another tenant's.
+    tenant_id = admin.create_tenant(f"listed-{secrets.token_hex(3)}")["id"]
+    own = subscribe(admin, hooks.base_url + "/ok", "key.expiring", tenant_id=tenant_id)
+    other = subscribe(admin, hooks.base_url + "/ok", "key.expiring", tenant_id=admin.create_tenant("x")["id"])
+    heard = {w["id"] for w in admin.request("GET", "/admin/webhooks", params={"tenant_id": tenant_id}).json()["data"]}
+    assert {own["id"], created["id"]} <= heard and other["id"] not in heard
     assert created["secret"] not in admin.request("GET", f"/admin/webhooks/{created['id']}").text
     rotated = admin.request("POST", f"/admin/webhooks/{created['id']}/rotate")
     assert rotated.status_code == 200 and rotated.json()["secret"] not in ("", created["secret"])
