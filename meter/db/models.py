@@ -332,7 +332,7 @@ webhooks = Table(
 )
 
 # One row per event for each webhook it goes to: emitted once (the unique `dedup_key`, e.g.
-# "budget.threshold:ten_…:budget_usd_per_month:2026-12-01:80", whichever process gets there first),
+# "budget.threshold:ten_…:budget_usd_per_month:2026-12-01:50:80", whichever process gets there first),
 # delivered at least once. `id` is the webhook-id of every attempt; `body` the exact bytes each
 # attempt sends. A worker claims a due delivery by pushing `next_attempt_at` past its send timeout
 # (a lease: a process that dies mid-attempt leaves it due again), then records the outcome.

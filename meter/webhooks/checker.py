@@ -2,7 +2,8 @@
 process, after usage has settled (the `limits` table's settled columns, never what is held):
 
 - `budget.threshold`: a daily or monthly budget or token quota of a tenant or a key is used to
-  50, 80 or 100 % (once per subject, limit, period and threshold);
+  50, 80 or 100 % (once per subject, limit, period and threshold, and again if the operator sets
+  the limit to another value);
 - `credit.low` / `credit.exhausted`: a prepaid balance is at or below the webhook's floor / at or
   below 0 (once per top-up: a positive credit transaction starts a new episode, an adjustment
   down does not);
@@ -78,7 +79,8 @@ async def budget_thresholds(conn: AsyncConnection, now: datetime) -> list[Event]
                     "limit_value": _amount(limit, unit),
                     "used": _amount(used, unit),
                 }
-                key = f"budget.threshold:{subject}:{name}:{start.isoformat()}:{threshold}"
+                # The limit's value is part of the fact: a budget the operator changes is a new one.
+                key = f"budget.threshold:{subject}:{name}:{start.isoformat()}:{data['limit_value']}:{threshold}"
                 events.append(Event("budget.threshold", row["tenant_id"], key, data))
     return events
 

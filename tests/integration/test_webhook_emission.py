@@ -69,7 +69,7 @@ async def scenario(url: str) -> None:
         async with engines[0].connect() as conn:
             keys = sorted((await conn.execute(select(webhook_deliveries.c.dedup_key))).scalars())
         assert keys == sorted(
-            f"budget.threshold:key_a:tokens_per_day:{today.isoformat()}:{t}" for t in (50, 80) for _ in range(2)
+            f"budget.threshold:key_a:tokens_per_day:{today.isoformat()}:1000:{t}" for t in (50, 80) for _ in range(2)
         )
         assert sum(await asyncio.gather(*(checker.check_once() for checker in checkers))) == 0
         # The tenant's budget reaches 100 %: its three thresholds at once. Then counters of an
@@ -84,6 +84,10 @@ async def scenario(url: str) -> None:
         async with engines[0].connect() as conn:
             total = (await conn.execute(select(func.count()).select_from(webhook_deliveries))).scalar_one()
         assert total == 10
+        # The operator raises the tenant's budget to 16: 50 % of the new budget is a new fact.
+        async with engines[0].begin() as conn:
+            await conn.execute(update(limits).where(limits.c.subject_id == "ten_a").values(budget_usd_per_month=16))
+        assert sum(await asyncio.gather(*(checker.check_once() for checker in checkers))) == 2
     finally:
         for engine in engines:
             await engine.dispose()
