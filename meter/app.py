@@ -48,6 +48,7 @@ from meter.proxy.recorder import Recorder
 from meter.proxy.routes import ProxyRoutes
 from meter.reconcile.job import keep_reconciled
 from meter.settings import Settings
+from meter.webhooks import worker as webhooks
 from meter.webhooks.checker import Checker
 from meter.webhooks.delivery import Deliverer
 
@@ -114,10 +115,8 @@ def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -
         settings.disconnect_drain_s,
         Services(engine, settings.public_url, limiter, billing),
     )
-    checker = Checker(engine, metrics, settings.webhook_check_s)
-    deliverer = Deliverer(
-        engine, metrics, settings.webhook_poll_s, settings.webhook_timeout_s, settings.webhook_retry_s
-    )
+    checker = Checker(engine, metrics)
+    deliverer = Deliverer(engine, metrics, settings.webhook_timeout_s, settings.webhook_retry_s)
     return Parts(
         settings,
         engine,
@@ -159,8 +158,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             asyncio.create_task(report_budgets(parts.engine, parts.metrics)),
             asyncio.create_task(parts.billing.run()),
             asyncio.create_task(keep_reconciled(settings, parts.engine, parts.metrics, parts.prices)),
-            asyncio.create_task(parts.webhook_checker.run()),
-            asyncio.create_task(parts.webhook_deliverer.run()),
+            asyncio.create_task(
+                webhooks.run(
+                    parts.webhook_checker, parts.webhook_deliverer, settings.webhook_check_s, settings.webhook_poll_s
+                )
+            ),
         ]
         stop_exposition = None
         if settings.metrics_address and settings.workers == 1:

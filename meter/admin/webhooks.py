@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+import httpx
 import msgspec
 from litestar import Controller, delete, get, post
 from litestar.params import Parameter
@@ -112,6 +113,13 @@ def check_url(url: str) -> str:
         raise InvalidRequest("url: must have no fragment, spaces or control characters")
     if port == 0:
         raise InvalidRequest("url: port 0 is not a port")
+    try:
+        # What the sender will do with it: international names by IDNA.
+        host = httpx.URL(url).host
+    except (httpx.InvalidURL, ValueError):
+        host = ""
+    if not host:
+        raise InvalidRequest("url: the host is not a valid name")
     try:
         ipaddress.ip_address(parts.hostname)
     except ValueError:

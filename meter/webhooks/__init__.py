@@ -1,6 +1,7 @@
 """Webhooks: events about tenants' money and keys, POSTed to the operator's receivers.
 
 ```
+worker.py    one task per process running the two below
 checker.py   every METER_WEBHOOK_CHECK_S, on every process: what is true now (a budget past 80 %,
              credit low, a key expiring, a batch billed) -> events.emit
 events.py    one delivery row per event and webhook, INSERT … ON CONFLICT DO NOTHING on its dedup key:

@@ -15,7 +15,6 @@ The facts become events; events.emit makes each one delivery per webhook, once a
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -170,12 +169,11 @@ async def facts(conn: AsyncConnection, now: datetime, to: Sequence[Subscriber]) 
 
 
 class Checker:
-    """The periodic check of one process."""
+    """The check of one process (worker.py runs it every METER_WEBHOOK_CHECK_S)."""
 
-    def __init__(self, engine: AsyncEngine, metrics: Metrics, interval_s: float) -> None:
+    def __init__(self, engine: AsyncEngine, metrics: Metrics) -> None:
         self._engine = engine
         self._metrics = metrics
-        self._interval_s = interval_s
         self._known: set[tuple[str, str]] = set()
 
     async def check_once(self) -> int:
@@ -199,13 +197,3 @@ class Checker:
             self._metrics.webhook_events.labels(event_type).inc()
         self._metrics.webhook_backlog.set(backlog)
         return len(created)
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.check_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("webhook check failed; trying again in %s s", self._interval_s)
-            await asyncio.sleep(self._interval_s)

@@ -1,6 +1,6 @@
 """Delivering webhook events: at least once, with the same webhook-id on every attempt.
 
-Every process runs a worker. It claims due deliveries in one statement (FOR UPDATE SKIP LOCKED, so
+Every process runs one (worker.py). It claims due deliveries in one statement (FOR UPDATE SKIP LOCKED, so
 two processes never take the same one) that also pushes their next attempt past the send timeout:
 that is the lease. A worker that dies mid-attempt leaves the delivery due again when the lease
 ends; one that finishes records the outcome: delivered (any 2xx), or the next attempt after the
@@ -74,12 +74,9 @@ class Outcome:
 
 
 class Deliverer:
-    def __init__(
-        self, engine: AsyncEngine, metrics: Metrics, poll_s: float, timeout_s: float, retry_s: Sequence[float]
-    ) -> None:
+    def __init__(self, engine: AsyncEngine, metrics: Metrics, timeout_s: float, retry_s: Sequence[float]) -> None:
         self._engine = engine
         self._metrics = metrics
-        self._poll_s = poll_s
         self._timeout_s = timeout_s
         self._retry_s = tuple(retry_s)
         self._client = httpx.AsyncClient(
@@ -117,7 +114,8 @@ class Deliverer:
                             break
         except TimeoutError:
             return Outcome(False, None, f"no answer within {self._timeout_s} s")
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as exc:
+            # Whatever the receiver (or its URL) does, the attempt has an outcome to record.
             return Outcome(False, None, f"{type(exc).__name__}: {exc}"[:500])
         if 200 <= response.status_code < 300:
             return Outcome(True, response.status_code, None)
@@ -142,16 +140,5 @@ class Deliverer:
             values.update(next_attempt_at=func.clock_timestamp() + func.make_interval(0, 0, 0, 0, 0, 0, pause))
         return statement.values(**values)
 
-    async def run(self) -> None:
-        try:
-            while True:
-                try:
-                    while await self.deliver_due() == CLAIM_BATCH:
-                        pass  # more are due: no pause
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("webhook delivery failed; trying again in %s s", self._poll_s)
-                await asyncio.sleep(self._poll_s)
-        finally:
-            await self._client.aclose()
+    async def aclose(self) -> None:
+        await self._client.aclose()

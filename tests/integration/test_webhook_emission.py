@@ -30,7 +30,7 @@ def emission_db(postgres_server: str) -> str:
 
 async def scenario(url: str) -> None:
     engines = [create_engine(url) for _ in range(2)]
-    checkers = [Checker(engine, Metrics(CollectorRegistry()), 1.0) for engine in engines]
+    checkers = [Checker(engine, Metrics(CollectorRegistry())) for engine in engines]
     today = periods.today()
     try:
         async with engines[0].begin() as conn:

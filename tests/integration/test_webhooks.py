@@ -305,7 +305,18 @@ def test_operator_api_shows_secrets_once_validates_urls_and_audits(meters: list[
     assert created["secret"] not in admin.request("GET", f"/admin/webhooks/{created['id']}").text
     rotated = admin.request("POST", f"/admin/webhooks/{created['id']}/rotate")
     assert rotated.status_code == 200 and rotated.json()["secret"] not in ("", created["secret"])
-    for url in ("ftp://example.com/x", "http:///nohost", "https://user:pw@example.com/", "javascript:alert(1)", "x"):
+    for url in (
+        "ftp://example.com/x",
+        "http:///nohost",
+        "https://user:pw@example.com/",
+        "javascript:alert(1)",
+        "x",
+        "http://\u2603.com/",
+        "http://xn--zz.com/",
+        "http://example.com:99999/",
+        "http://example.com/a b",
+        "http://example.com/#frag",
+    ):
         refused = admin.request("POST", "/admin/webhooks", json={"url": url, "event_types": ["batch.ended"]})
         assert refused.status_code == 400, (url, refused.text)
         assert refused.json()["error"]["type"] == "invalid_request_error"
