@@ -25,6 +25,7 @@ from meter.admin.prices import PriceController
 from meter.admin.statements import StatementController
 from meter.admin.tenants import TenantController
 from meter.admin.usage import UsageController
+from meter.admin.webhooks import WebhookController
 from meter.batches.billing import BatchBilling
 from meter.console.router import console_router
 from meter.credentials import KeyHasher
@@ -48,6 +49,9 @@ from meter.proxy.recorder import Recorder
 from meter.proxy.routes import ProxyRoutes
 from meter.reconcile.job import keep_reconciled
 from meter.settings import Settings
+from meter.webhooks import worker as webhooks
+from meter.webhooks.checker import Checker
+from meter.webhooks.delivery import Deliverer
 
 
 @dataclass
@@ -65,6 +69,8 @@ class Parts:
     ledger: LedgerWriter
     billing: BatchBilling
     gateway: Gateway
+    webhook_checker: Checker
+    webhook_deliverer: Deliverer
 
 
 def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -> Parts:
@@ -111,7 +117,23 @@ def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -
         settings.disconnect_drain_s,
         Services(engine, settings.public_url, limiter, billing),
     )
-    return Parts(settings, engine, hot_engine, metrics, prices, hasher, keys, upstream, ledger, billing, gateway)
+    checker = Checker(engine, metrics)
+    deliverer = Deliverer(engine, metrics, settings.webhook_timeout_s, settings.webhook_retry_s)
+    return Parts(
+        settings,
+        engine,
+        hot_engine,
+        metrics,
+        prices,
+        hasher,
+        keys,
+        upstream,
+        ledger,
+        billing,
+        gateway,
+        checker,
+        deliverer,
+    )
 
 
 def create_app_from_env() -> ProxyRoutes:
@@ -137,6 +159,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             asyncio.create_task(report_budgets(parts.engine, parts.metrics)),
             asyncio.create_task(parts.billing.run()),
             asyncio.create_task(keep_reconciled(settings, parts.engine, parts.metrics, parts.prices)),
+            asyncio.create_task(
+                webhooks.run(
+                    parts.webhook_checker, parts.webhook_deliverer, settings.webhook_check_s, settings.webhook_poll_s
+                )
+            ),
         ]
         stop_exposition = None
         if settings.metrics_address and settings.workers == 1:
@@ -172,6 +199,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             StatementController,
             AuditController,
             BatchController,
+            WebhookController,
         ],
         guards=[guard],
         dependencies={

@@ -27,6 +27,7 @@ from prometheus_client import (
 
 from meter import __version__
 from meter.db.models import LIMIT_SETTINGS
+from meter.webhooks.events import EVENT_TYPES
 
 # Set (by `meter serve --workers N`) when worker processes share their metrics through files.
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -52,6 +53,10 @@ UPSTREAM_ERROR_TYPES = (
 )
 AUTH_FAILURES = ("authentication_error", "permission_error", "rate_limit_error")
 ROUND_TRIP_PURPOSES = ("key_lookup", "reserve", "lease", "lease_return", "ledger_batch")
+ROUND_TRIP_PURPOSES = ("key_lookup", "reserve", "ledger_batch")
+# What became of one webhook delivery attempt: delivered (2xx), failed (retried later), or failed for
+# the last time (the delivery is given up).
+WEBHOOK_OUTCOMES = ("delivered", "failed", "gave_up")
 
 
 class Metrics:
@@ -200,6 +205,28 @@ class Metrics:
             "Reconciliations that failed (upstream reports or ledger unreadable); retried next interval",
             registry=registry,
         )
+
+        # Webhooks (meter/webhooks): events emitted (one per event and webhook, across processes),
+        # delivery attempts by outcome, and deliveries still to be made.
+        self.webhook_events = Counter(
+            "meter_webhook_events_total",
+            "Webhook events emitted, one per event and webhook",
+            ["type"],
+            registry=registry,
+        )
+        self.webhook_attempts = Counter(
+            "meter_webhook_attempts_total", "Webhook delivery attempts, by outcome", ["outcome"], registry=registry
+        )
+        self.webhook_backlog = Gauge(
+            "meter_webhook_backlog",
+            "Webhook deliveries not delivered yet and not given up (due or waiting to be retried)",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        for event_type in EVENT_TYPES:
+            self.webhook_events.labels(event_type)
+        for outcome in WEBHOOK_OUTCOMES:
+            self.webhook_attempts.labels(outcome)
 
     def upstream_error(self, kind: str) -> None:
         self.upstream_errors.labels(kind if kind in UPSTREAM_ERROR_TYPES else "other").inc()

@@ -132,6 +132,14 @@ class Settings:
     reconcile_drift_usd: Decimal = Decimal("0.01")
     # How long a sign-in to the operator console (/console) lasts.
     console_session_s: int = 12 * 3600
+    # Webhooks (meter/webhooks): how often events are looked for (budget thresholds, credit, key
+    # expiry, ended batches) and due deliveries sent, how long one attempt may take, and the pauses
+    # between attempts of a delivery that fails (the default retries for about 27 hours; the
+    # delivery is given up after the last).
+    webhook_check_s: float = 5.0
+    webhook_poll_s: float = 1.0
+    webhook_timeout_s: float = 10.0
+    webhook_retry_s: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.upstream_url).scheme
@@ -176,6 +184,11 @@ class Settings:
             raise ConfigError(f"METER_CONSOLE_SESSION_S must be positive, got {self.console_session_s}")
         if not self.reconcile_interval_s > 0:
             raise ConfigError(f"METER_RECONCILE_INTERVAL_S must be positive, got {self.reconcile_interval_s}")
+        for name in ("webhook_check_s", "webhook_poll_s", "webhook_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"METER_{name.upper()} must be positive, got {getattr(self, name)}")
+        if any(not pause >= 0 for pause in self.webhook_retry_s):
+            raise ConfigError(f"METER_WEBHOOK_RETRY_S must be seconds >= 0, got {self.webhook_retry_s}")
         if not (self.reconcile_drift_usd.is_finite() and self.reconcile_drift_usd >= 0):
             raise ConfigError(f"METER_RECONCILE_DRIFT_USD must be a USD amount >= 0, got {self.reconcile_drift_usd}")
 
@@ -231,6 +244,11 @@ class Settings:
         return secret
 
 
+def seconds_list(raw: str) -> tuple[float, ...]:
+    """`5,300,1800` -> (5.0, 300.0, 1800.0); a ValueError for anything else."""
+    return tuple(float(part) for part in raw.split(","))
+
+
 ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "database_url": str,
     "listen_database_url": str,
@@ -270,4 +288,8 @@ ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "reconcile_interval_s": float,
     "reconcile_drift_usd": UsdAmount,
     "console_session_s": int,
+    "webhook_check_s": float,
+    "webhook_poll_s": float,
+    "webhook_timeout_s": float,
+    "webhook_retry_s": seconds_list,
 }

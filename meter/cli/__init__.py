@@ -1,6 +1,7 @@
 """The `meter` command. serve.py: serve the gateway, migrate the database, run the demo upstream;
 operator.py: everything an operator does (tenants, keys, limits, credit, usage, statements);
-prices.py: the price table as a file; reconcile.py: the ledger against the upstream's reports."""
+prices.py: the price table as a file; reconcile.py: the ledger against the upstream's reports;
+webhooks.py: the operator's webhooks."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from meter.cli import operator, prices, reconcile, serve
+from meter.cli import operator, prices, reconcile, serve, webhooks
 from meter.errors import MeterError
 from meter.settings import ConfigError
 
@@ -27,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     operator.register(commands)
     prices.register(commands)
     reconcile.register(commands)
+    webhooks.register(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "httpx"):  # httpx logs every request at INFO

@@ -154,7 +154,8 @@ def _worker_environment(settings: Settings) -> dict[str, str]:
     environment = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     for name, value in vars(settings).items():
         if value is not None and name in ENV_FIELDS:
-            environment[f"METER_{name.upper()}"] = str(value)
+            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            environment[f"METER_{name.upper()}"] = text
     return environment
 
 

@@ -311,3 +311,52 @@ files = Table(
     Column("deleted_at", DateTime(timezone=True)),
     Index("ix_files_tenant_id_id", "tenant_id", "id"),
 )
+
+# Webhooks the operator subscribed (meter/webhooks): events of the listed types, of one tenant or of
+# every tenant (tenant_id NULL), POSTed to `url` signed with `secret` (Standard Webhooks: `whsec_` +
+# base64). The secret is kept to sign with, and shown only when made (create, rotate).
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("event_types", ARRAY(Text), nullable=False),
+    Column("tenant_id", Text, ForeignKey("tenants.id")),
+    Column("description", Text),
+    # credit.low fires when a prepaid tenant's balance falls to this (USD) or below.
+    Column("credit_low_usd", Money, nullable=False),
+    Column("secret", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("secret_rotated_at", DateTime(timezone=True)),
+    # After a rotation, attempts are signed with the previous secret too until `previous_valid_until`
+    # (the specification's several signatures), so a receiver can switch without refusing any.
+    Column("previous_secret", Text),
+    Column("previous_valid_until", DateTime(timezone=True)),
+)
+
+# One row per event for each webhook it goes to: emitted once (the unique `dedup_key`, e.g.
+# "budget.threshold:ten_…:budget_usd_per_month:2026-12-01:50:80", whichever process gets there first),
+# delivered at least once. `id` is the webhook-id of every attempt; `body` the exact bytes each
+# attempt sends. A worker claims a due delivery by pushing `next_attempt_at` past its send timeout
+# (a lease: a process that dies mid-attempt leaves it due again), then records the outcome.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("webhook_id", Text, ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+    Column("event_type", Text, nullable=False),
+    Column("dedup_key", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_attempt_at", DateTime(timezone=True)),
+    Column("last_status_code", SmallInteger),
+    Column("last_error", Text),
+    Column("delivered_at", DateTime(timezone=True)),
+    CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status"),
+    Index("uq_webhook_deliveries_webhook_dedup", "webhook_id", "dedup_key", unique=True),
+    Index("ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
+    Index("ix_webhook_deliveries_webhook_id_id", "webhook_id", "id"),
+)

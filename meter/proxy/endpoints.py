@@ -27,6 +27,7 @@ from meter.openai_compat.endpoint import ChatCompletions
 from meter.proxy.handler import Handler, Services
 from meter.proxy.messages import Messages
 from meter.proxy.models import Models
+from meter.reports.endpoints import CostReport, Limits, UsageReport
 
 # What each kind of path parameter may be.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
@@ -73,7 +74,8 @@ class Endpoint:
 
 
 # Every other upstream path is refused (404, never forwarded), by decision: the organisation and
-# admin API (`/v1/organizations/...`: the operator's whole organisation), Skills and containers
+# admin API (`/v1/organizations/...`: the operator's whole organisation; only its usage and cost
+# reports are listed, answered by meter with the caller's own usage), Skills and containers
 # (`/v1/skills`, `/v1/containers`: created with the operator's key, they would be shared by every
 # tenant, with no ownership meter could enforce), and anything Anthropic adds until it is listed.
 BATCHES = "/v1/messages/batches"
@@ -94,6 +96,10 @@ ENDPOINTS = (
     Endpoint("files.retrieve", "GET", "/v1/files/{file_id}", FileRetrieve),
     Endpoint("files.content", "GET", "/v1/files/{file_id}/content", FileContent),
     Endpoint("files.delete", "DELETE", "/v1/files/{file_id}", FileDelete),
+    # Answered by meter from its ledger and limits, for the caller's tenant only (meter/reports).
+    Endpoint("usage_report", "GET", "/v1/organizations/usage_report/messages", UsageReport),
+    Endpoint("cost_report", "GET", "/v1/organizations/cost_report", CostReport),
+    Endpoint("meter.limits", "GET", "/v1/meter/limits", Limits),
 )
 
 

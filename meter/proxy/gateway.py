@@ -148,6 +148,8 @@ class Gateway:
             raise Overloaded("meter cannot record usage right now; try again shortly.")
         await self.limiter.reserve(exchange)
         if isinstance(call, Answer):
+            if call.deferred is not None:
+                call = Answer(call.status, await call.deferred())
             await send_answer(exchange, call, send)
             return
         try:

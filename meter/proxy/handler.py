@@ -10,7 +10,7 @@ with the Services it may need (the database, for what tenants own).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
@@ -70,6 +70,9 @@ class Answer:
 
     status: int
     body: bytes
+    # The body, made only once the limits stage admitted the request: a report costs a query that a
+    # request refused for its rate should not cost.
+    deferred: Callable[[], Awaitable[bytes]] | None = None
 
 
 class WorstCases(Protocol):
