@@ -55,7 +55,7 @@ class LedgerRow(msgspec.Struct, kw_only=True):
 
 
 class Settlement(msgspec.Struct, kw_only=True):
-    """Encoded as JSON for meter_settle (see the 0009 migration), which reads these keys."""
+    """Encoded as JSON for meter_settle (see the 0007 migration), which reads these keys."""
 
     hold: str
     request_id: str

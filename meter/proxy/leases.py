@@ -1,7 +1,7 @@
 """Headroom leases: how a limited request is admitted without a round trip to Postgres.
 
 A process takes a slice of a subject set's headroom (tokens, USD, requests per minute, concurrency
-slots) with one call of meter_lease (migration 0009) and spends it locally, request by request.
+slots) with one call of meter_lease (migration 0007) and spends it locally, request by request.
 What a lease holds counts in Postgres as held, exactly like one request's reservation, so for every
 limited subject, always:
 

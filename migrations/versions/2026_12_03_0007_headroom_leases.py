@@ -2,7 +2,7 @@
 minute, concurrency slots) in one statement and spends it locally; settlements of leased requests
 move usage from the lease to the settled counters, and a day or month that turned is rolled forward
 
-Revision ID: 0009
+Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-03 13:00:00.000000
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
+revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None
