@@ -146,7 +146,7 @@ usage_events = Table(
 
 # Limits and their live state, one row per limited subject: a tenant (`ten_…`) or a key (`key_…`).
 # Config columns are set by the operator (NULL = no limit); the rest is maintained atomically by
-# the SQL functions meter_reserve / meter_settle / meter_expire_holds (see the 0002 migration).
+# the SQL functions meter_reserve / meter_lease / meter_settle / meter_expire_holds (migrations 0002, 0007).
 limits = Table(
     "limits",
     metadata,

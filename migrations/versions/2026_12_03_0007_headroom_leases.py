@@ -135,13 +135,15 @@ BEGIN
                     'remaining', GREATEST(r.budget_usd_per_month - v_month_usd - r.month_usd_held + p_have_usd, 0),
                     'needed', p_need_usd,
                     'retry_after', ceil(extract(epoch FROM next_month - now_ts)), 'reset', next_month);
-            ELSIF m_usd > 0 AND r.credit_balance_usd IS NOT NULL AND r.credit_balance_usd - r.credit_held_usd < m_usd THEN
+            ELSIF m_usd > 0 AND r.credit_balance_usd IS NOT NULL
+                    AND r.credit_balance_usd - r.credit_held_usd < m_usd THEN
                 refusal := jsonb_build_object('reason', 'credit', 'limit', r.credit_balance_usd,
                     'remaining', GREATEST(r.credit_balance_usd - r.credit_held_usd + p_have_usd, 0),
                     'needed', p_need_usd);
             END IF;
             IF refusal IS NOT NULL THEN
-                RETURN jsonb_build_object('ok', false, 'refusal', refusal || jsonb_build_object('subject', r.subject_id),
+                RETURN jsonb_build_object('ok', false,
+                    'refusal', refusal || jsonb_build_object('subject', r.subject_id),
                     'reclaim', EXISTS (SELECT 1 FROM holds h WHERE h.lease AND h.owner <> p_owner
                                        AND h.subjects && p_subjects));
             END IF;
