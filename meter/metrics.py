@@ -53,7 +53,6 @@ UPSTREAM_ERROR_TYPES = (
 )
 AUTH_FAILURES = ("authentication_error", "permission_error", "rate_limit_error")
 ROUND_TRIP_PURPOSES = ("key_lookup", "reserve", "lease", "lease_return", "ledger_batch")
-ROUND_TRIP_PURPOSES = ("key_lookup", "reserve", "ledger_batch")
 # What became of one webhook delivery attempt: delivered (2xx), failed (retried later), or failed for
 # the last time (the delivery is given up).
 WEBHOOK_OUTCOMES = ("delivered", "failed", "gave_up")
