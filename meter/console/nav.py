@@ -15,5 +15,6 @@ NAV = (
     NavItem("Tenants", "/console/tenants"),
     NavItem("Usage", "/console/usage"),
     NavItem("Prices", "/console/prices"),
+    NavItem("Webhooks", "/console/webhooks"),
     NavItem("Audit log", "/console/audit"),
 )

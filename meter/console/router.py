@@ -20,6 +20,7 @@ from meter.console.pages.statement import StatementController
 from meter.console.pages.tenant import TenantController
 from meter.console.pages.tenants import TenantsController
 from meter.console.pages.usage import UsageController
+from meter.console.pages.webhooks import WebhooksController
 from meter.console.render import STATIC, problem
 from meter.console.session import SessionSigner
 from meter.credentials import KeyHasher
@@ -36,6 +37,7 @@ PAGES: list[ControllerRouterHandler] = [
     UsageController,
     StatementController,
     PricesController,
+    WebhooksController,
     AuditController,
 ]
 TITLES = {400: "Not accepted", 401: "Not signed in", 403: "Refused", 404: "Not found", 405: "Not allowed"}

@@ -9,6 +9,7 @@ import io
 import re
 import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -203,3 +204,26 @@ def test_a_keys_limits_and_a_tenants_name_are_edited_in_the_console(console: Con
         if e["subject_id"] in (tenant_id, key_id)
     ]
     assert ("console", "limits.set") in actions and ("console", "tenant.update") in actions
+
+
+def test_webhooks_and_their_deliveries_are_shown_without_their_secret(console: Console, admin: Admin) -> None:
+    tenant_id = admin.create_tenant(f"hooked-{secrets.token_hex(2)}")["id"]
+    # Nothing listens there: the delivery is attempted and fails, and the page shows that.
+    created = admin.request(
+        "POST",
+        "/admin/webhooks",
+        json={"url": "http://127.0.0.1:9/hooks", "event_types": ["key.expiring"], "tenant_id": tenant_id},
+    ).json()
+    expires = datetime.now(UTC) + timedelta(days=3)
+    admin.issue_key(tenant_id, name="soon", expires_at=expires.isoformat())
+    listing = console.get("/console/webhooks")
+    assert listing.status_code == 200 and f"/console/webhooks/{created['id']}" in listing.text
+    assert created["secret"] not in listing.text
+
+    def attempted() -> str | None:
+        page = console.get(f"/console/webhooks/{created['id']}").text
+        return page if "key.expiring" in page and "Nothing delivered yet" not in page else None
+
+    page = eventually(attempted, 30, "the key.expiring delivery to be attempted")
+    delivery = admin.request("GET", f"/admin/webhooks/{created['id']}/deliveries").json()["data"][0]
+    assert delivery["id"] in page and created["secret"] not in page
