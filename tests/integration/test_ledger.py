@@ -9,14 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
+from sqlalchemy import select
 
 from meter.credentials import new_id
 from meter.db.engine import create_engine
+from meter.db.models import usage_quarantine
 from meter.db.rows import LedgerRow
 from meter.ledger import LedgerWriter
 from meter.metrics import Metrics
+from meter.spool import Record
 from tests.support import Admin, Ledger, Process, start_meter
 
 
@@ -71,8 +75,23 @@ async def test_rows_are_idempotent_and_invalid_rows_are_isolated(database_url: s
     stored = {r["request_id"] for r in await asyncio.to_thread(ledger.rows, tenant_id="ten_synthetic")}
     assert {r.request_id for r in rows} | {last.request_id} <= stored
     assert bad.request_id not in stored
-    assert registry.get_sample_value("meter_ledger_rows_dropped_total") == 1
+    # Rejected, so quarantined where the operator sees it, as the spool writes it; never dropped.
+    (kept,) = await quarantined(engine_url=database_url, request_id=bad.request_id)
+    assert msgspec.json.decode(kept["record"], type=Record).row == bad
+    assert "int32" in kept["error"]
+    assert registry.get_sample_value("meter_ledger_rows_quarantined_total") == 1
+    assert registry.get_sample_value("meter_ledger_rows_dropped_total") == 0
     assert (registry.get_sample_value("meter_ledger_rows_written_total") or 0) >= 121
+
+
+async def quarantined(engine_url: str, request_id: str) -> list[dict[str, Any]]:
+    engine = create_engine(engine_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            query = select(usage_quarantine).where(usage_quarantine.c.request_id == request_id)
+            return [dict(row) for row in (await conn.execute(query)).mappings()]
+    finally:
+        await engine.dispose()
 
 
 def test_full_backlog_refuses_new_requests_with_529(
