@@ -96,6 +96,7 @@ class Stack:
     postgres_label: str  # "embedded" or "external", for the report
     cpu: CpuAccount
     operator_key: str = OPERATOR_KEY
+    database_url: str = ""
 
     @property
     def meter_pid(self) -> int:
@@ -125,7 +126,7 @@ def running_stack(workdir: Path) -> Iterator[Stack]:
         except Exception:
             print(meter.output()[-4000:])
             raise
-        yield Stack(upstream, meter, key, limited_key, server_url, label, cpu)
+        yield Stack(upstream, meter, key, limited_key, server_url, label, cpu, database_url=database_url)
 
 
 def _postgres_server(workdir: Path, cleanup: ExitStack, cpu: CpuAccount) -> tuple[str, str]:

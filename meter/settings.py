@@ -72,8 +72,9 @@ class Settings:
     # event loop), "always" (an fsync per append, on the hot path).
     spool_fsync: str = "off"
     spool_fsync_interval_ms: float = 10.0
-    # A spool file is rotated past this size; past spool_max_bytes in all, new requests get 529.
-    spool_segment_bytes: int = 16 * 1024 * 1024
+    # A spool file is rotated past this size (so under steady traffic the spool stays about this
+    # big); past spool_max_bytes in all, new requests get 529.
+    spool_segment_bytes: int = 1024 * 1024
     spool_max_bytes: int = 1024 * 1024 * 1024
     # Tenant keys are cached per process; changes arrive by LISTEN/NOTIFY at once, and this is the
     # safety net (one second while the notification connection is down).

@@ -90,7 +90,7 @@ class Spool:
         self,
         directory: Path,
         metrics: Metrics,
-        segment_bytes: int = 16 * 1024 * 1024,
+        segment_bytes: int = 1024 * 1024,
         max_bytes: int = 1024 * 1024 * 1024,
         fsync: str = "off",
         fsync_interval_s: float = 0.01,
