@@ -84,7 +84,12 @@ class LedgerWriter:
     def record(self, row: LedgerRow, settlement: Settlement | None = None) -> None:
         """Spool and queue one row (and its settlement). Never blocks and never fails: a row the
         spool cannot take still goes to Postgres from memory."""
-        claim = None if self.spool is None else self.spool.finish(row, settlement, time.monotonic())
+        claim = None
+        if self.spool is not None:
+            try:
+                claim = self.spool.finish(row, settlement, time.monotonic())
+            except Exception:  # a row the spool cannot encode still goes to Postgres, or quarantine
+                log.exception("ledger: row %s could not be spooled", row.request_id)
         self._pending.append((row, settlement, claim))
         self._metrics.ledger_pending.set(len(self._pending))
         if len(self._pending) >= self._batch_rows:
@@ -235,7 +240,10 @@ class LedgerWriter:
         the spool directory's quarantine file, else (never silently) the log."""
         # The driver's own words, without the statement (every column of the batch).
         reason = f"{error.__class__.__name__}: {getattr(error, 'orig', None) or error}"[:2000]
-        record = spooled_text(row, settlement)
+        try:
+            record = spooled_text(row, settlement)
+        except Exception:  # what made Postgres refuse it may make it unencodable too
+            record = repr((row, settlement))
         self._metrics.ledger_quarantined.inc()
         try:
             async with self._engine.begin() as conn:

@@ -54,13 +54,15 @@ def test_sigterm_during_a_stream_finishes_it_and_loses_no_row(
 
 
 @contextmanager
-def meter_on_own_postgres(upstream: Process, directory: Path) -> Iterator[tuple[Process, EmbeddedPostgres, str]]:
+def meter_on_own_postgres(
+    upstream: Process, directory: Path, **env: str
+) -> Iterator[tuple[Process, EmbeddedPostgres, str]]:
     """A meter process on a Postgres of its own, which the test may stop and start."""
     postgres = EmbeddedPostgres(directory / "pg")
     try:
         url = create_database(postgres.url(), "meter")
         migrate.upgrade(url)
-        meter = start_meter(url, upstream.base_url, directory / "meter")
+        meter = start_meter(url, upstream.base_url, directory / "meter", **env)
         try:
             yield meter, postgres, url
         finally:

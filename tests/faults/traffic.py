@@ -1,0 +1,73 @@
+"""Traffic for fault tests: clients in threads sending JSON and streaming calls to one meter until
+stopped, noting the request id of every call answered 200 and read to its end."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from tests.support import Admin
+
+BODY = {"model": "claude-sonnet-4-6", "max_tokens": 100, "messages": [{"role": "user", "content": "Hi there"}]}
+# A limited tenant reserves before each call and settles after: holds are there to be settled.
+LIMITS = {"max_concurrent_requests": 1000, "tokens_per_day": 10_000_000_000, "budget_usd_per_month": "100000"}
+
+
+def tenant_headers(admin: Admin, limits: dict[str, Any] | None = None) -> tuple[str, dict[str, str]]:
+    tenant = admin.create_tenant(f"faults-{secrets.token_hex(3)}")
+    if limits:
+        assert admin.request("PUT", f"/admin/tenants/{tenant['id']}/limits", json=limits).status_code == 200
+    key = admin.issue_key(tenant["id"])
+    return tenant["id"], {"x-api-key": key["key"], "anthropic-version": "2023-06-01"}
+
+
+@dataclass
+class Traffic:
+    base_url: str
+    headers: dict[str, str]
+    clients: int = 4
+    # Sent on every call (x-demo-* controls of the demo upstream); streams get `stream_headers` too.
+    stream_headers: dict[str, str] = field(default_factory=dict)
+    answered: set[str] = field(default_factory=set)
+    statuses: dict[int, int] = field(default_factory=dict)
+    unreachable: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> Traffic:
+        self._threads = [threading.Thread(target=self._client, args=(n,)) for n in range(self.clients)]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def _client(self, number: int) -> None:
+        with httpx.Client(base_url=self.base_url, headers=self.headers, timeout=30) as http:
+            calls = 0
+            while not self._stop.is_set():
+                calls += 1
+                try:
+                    if (calls + number) % 3 == 0:
+                        self._stream(http)
+                    else:
+                        self._note(http.post("/v1/messages", json=BODY), True)
+                except httpx.HTTPError:
+                    self.unreachable += 1  # meter went away under the call: not answered
+
+    def _stream(self, http: httpx.Client) -> None:
+        with http.stream("POST", "/v1/messages", json={**BODY, "stream": True}, headers=self.stream_headers) as reply:
+            body = b"".join(reply.iter_bytes())
+            self._note(reply, b'"type":"message_stop"' in body)
+
+    def _note(self, response: httpx.Response, whole: bool) -> None:
+        self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
+        if response.status_code == 200 and whole:
+            self.answered.add(response.headers["x-meter-request-id"])
