@@ -160,7 +160,15 @@ class EmbeddedPostgres:
         )
 
     def start(self) -> None:
-        self.server.ensure_postgres_running()
+        # pgserver gives pg_ctl 10 s to start the server, which a loaded machine can overrun while
+        # the server does come up: ask again, and it finds the one that is running.
+        for attempt in range(3):
+            try:
+                self.server.ensure_postgres_running()
+                return
+            except subprocess.SubprocessError:
+                if attempt == 2:
+                    raise
 
     def cleanup(self) -> None:
         self.server.cleanup()
