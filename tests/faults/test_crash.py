@@ -4,47 +4,15 @@ estimate, with its hold settled."""
 
 from __future__ import annotations
 
-import threading
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.faults.traffic import BODY, LIMITS, Traffic, tenant_headers
+from tests.faults.traffic import BODY, LIMITS, SlowStream, Traffic, tenant_headers
 from tests.integration.test_durability import meter_on_own_postgres
 from tests.support import Admin, Ledger, Process, eventually, metric, start_meter
-
-SLOW = {"x-demo-output-tokens": "400", "x-demo-tokens-per-second": "20"}  # a 20 s stream
-
-
-class SlowStream:
-    """A stream that is still running when the test strikes: its request id, and what it got."""
-
-    def __init__(self, base_url: str, headers: dict[str, str]) -> None:
-        self.request_id = ""
-        self.received = b""
-        self._begun = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(base_url, {**headers, **SLOW}))
-        self._thread.start()
-        assert self._begun.wait(30), "the slow stream did not start"
-
-    def _run(self, base_url: str, headers: dict[str, str]) -> None:
-        body = {**BODY, "max_tokens": 1000, "stream": True}
-        try:
-            with httpx.stream("POST", base_url + "/v1/messages", json=body, headers=headers, timeout=60) as reply:
-                self.request_id = reply.headers["x-meter-request-id"]
-                for chunk in reply.iter_bytes():
-                    self.received += chunk
-                    if b"content_block_delta" in self.received:
-                        self._begun.set()
-        except httpx.HTTPError:
-            pass  # meter went away: the point of the test
-        finally:
-            self._begun.set()
-
-    def join(self) -> None:
-        self._thread.join(60)
 
 
 def all_rows_in(ledger: Ledger, request_ids: set[str]) -> dict[str, dict[str, Any]] | None:

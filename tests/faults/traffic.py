@@ -71,3 +71,35 @@ class Traffic:
         self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
         if response.status_code == 200 and whole:
             self.answered.add(response.headers["x-meter-request-id"])
+
+
+SLOW = {"x-demo-output-tokens": "400", "x-demo-tokens-per-second": "20"}  # a 20 s stream
+
+
+class SlowStream:
+    """A stream that is still running when the test strikes: its request id, and what it got."""
+
+    def __init__(self, base_url: str, headers: dict[str, str], controls: dict[str, str] | None = None) -> None:
+        self.request_id = ""
+        self.received = b""
+        self._begun = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(base_url, {**headers, **(controls or SLOW)}))
+        self._thread.start()
+        assert self._begun.wait(30), "the slow stream did not start"
+
+    def _run(self, base_url: str, headers: dict[str, str]) -> None:
+        body = {**BODY, "max_tokens": 1000, "stream": True}
+        try:
+            with httpx.stream("POST", base_url + "/v1/messages", json=body, headers=headers, timeout=60) as reply:
+                self.request_id = reply.headers["x-meter-request-id"]
+                for chunk in reply.iter_bytes():
+                    self.received += chunk
+                    if b"content_block_delta" in self.received:
+                        self._begun.set()
+        except httpx.HTTPError:
+            pass  # meter went away: the point of the test
+        finally:
+            self._begun.set()
+
+    def join(self) -> None:
+        self._thread.join(60)
