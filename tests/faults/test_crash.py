@@ -4,6 +4,8 @@ estimate, with its hold settled."""
 
 from __future__ import annotations
 
+import os
+import signal
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -122,3 +124,39 @@ def test_a_stream_cancelled_by_shutdown_is_billed_for_what_it_saw(
     (row,) = ledger.rows(request_id=slow.request_id)  # written before the process exited
     assert (row["status"], row["partial"], row["error_type"]) == (200, True, "cancelled")
     assert row["input_tokens"] > 0 and row["output_tokens"] > 0 and row["cost_usd"] > Decimal(0)
+
+
+def test_a_killed_worker_is_replayed_while_meter_serves_on(
+    database_url: str, upstream: Process, ledger: Ledger, tmp_path: Path
+) -> None:
+    meter = start_meter(database_url, upstream.base_url, tmp_path, "--workers", "2")
+    try:
+        _, headers = tenant_headers(Admin(meter.base_url))
+        traffic = Traffic(meter.base_url, headers, clients=6).start()
+        try:
+            eventually(lambda: len(traffic.answered) >= 60, 60, "calls answered by both workers")
+            victim = workers(meter.process.pid)[0]
+            os.kill(victim, signal.SIGKILL)
+            served = len(traffic.answered)
+            eventually(lambda: len(traffic.answered) >= served + 60, 60, "calls answered after the kill")
+        finally:
+            traffic.stop()
+        # No restart of meter: a sibling (or the worker started in the dead one's place) replays it.
+        eventually(lambda: all_rows_in(ledger, traffic.answered), 30, "every row of the killed worker")
+        eventually(lambda: not list((tmp_path / "spool").glob(f"{victim}-*")), 15, "the dead worker's spool gone")
+    finally:
+        meter.stop()
+
+
+def workers(pid: int) -> list[int]:
+    """The worker processes of `meter serve --workers N`: its children spawned by multiprocessing."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat, cmdline = (proc / "stat").read_text(), (proc / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue  # not a process, or gone meanwhile
+        parent = int(stat.rpartition(")")[2].split()[1])
+        if parent == pid and b"spawn_main" in cmdline:
+            found.append(int(proc.name))
+    return found
