@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import msgspec
 from prometheus_client import CollectorRegistry
 
 from meter.metrics import Metrics
-from meter.spool import Spool
+from meter.spool import Spool, spooled_text
 from tests.integration.test_ledger import synthetic_row
 
 
@@ -65,4 +66,18 @@ def test_a_dead_spool_is_read_back_once_and_a_live_one_never(tmp_path: Path) -> 
     claim.written(len(adopted.entries))
     assert not list(tmp_path.glob(f"{dead.name}*"))  # written: the dead spool is gone
     live.close()
+    replayer.close()
+
+
+def test_a_quarantined_record_replays_as_docs_durability_says(tmp_path: Path) -> None:
+    """docs/durability.md: a quarantined `record`, its settlement nulled, in `replay-0.1.log` next to
+    an empty `replay-0.lock`, is read back like a dead process's spool."""
+    row = synthetic_row()
+    record = msgspec.json.decode(spooled_text(row, None))
+    record[2] = None
+    (tmp_path / "replay-0.1.log").write_bytes(msgspec.json.encode(record) + b"\n")
+    (tmp_path / "replay-0.lock").touch()
+    replayer = new_spool(tmp_path)
+    ((adopted, _),) = replayer.adopt_dead()
+    assert adopted.entries == [(row, None)]
     replayer.close()
