@@ -44,6 +44,7 @@ class Soak:
     answered: set[str] = field(default_factory=set)  # every 200 a client read to its end
     refused: dict[int, int] = field(default_factory=dict)  # status -> count (529 while restarting...)
     unreachable: int = 0
+    failures: dict[str, int] = field(default_factory=dict)  # HTTP errors the client saw, by class
     left_early: int = 0
     samples: list[tuple[float, int, int, int]] = field(default_factory=list)  # t, RSS KiB, spool bytes, pid
     recoveries: list[tuple[float, float, int]] = field(default_factory=list)  # ready s, rows in s, rows waited
@@ -76,8 +77,9 @@ async def one_request(soak: Soak, client: httpx.AsyncClient, kind: str) -> None:
                     return  # leaves mid-stream: meter bills what it reads on
             if b"message_stop" in text:
                 note(soak, 200, response.headers.get("x-meter-request-id"))
-    except httpx.HTTPError:
+    except httpx.HTTPError as exc:
         soak.unreachable += 1  # meter was killed under it, or not up yet: not answered
+        soak.failures[type(exc).__name__] = soak.failures.get(type(exc).__name__, 0) + 1
     finally:
         soak.in_flight -= 1
 
@@ -160,7 +162,7 @@ def report(soak: Soak, args: argparse.Namespace, lost: int, partial: int, rows: 
         f"| **answered requests without a row (lost)** | **{lost}** |",
         f"| answered requests whose row is partial | {partial} |",
         f"| refused (status: count) | {soak.refused or 'none'} |",
-        f"| not answered (meter killed under them or restarting) | {soak.unreachable:,} |",
+        f"| not answered (killed under them, restarting, or an HTTP error) | {soak.unreachable:,} {soak.failures} |",
         f"| streams whose client left halfway | {soak.left_early:,} |",
         f"| kills | {len(soak.recoveries)} |",
     ]
