@@ -79,7 +79,13 @@ class LedgerWriter:
     def record_start(self, row: LedgerRow, settlement: Settlement | None) -> bool:
         """Spool the row a request gets if its process dies before it finishes; False if the
         spool cannot take it (the request is then refused)."""
-        return self.spool is None or self.spool.start(row, settlement, time.monotonic())
+        if self.spool is None:
+            return True
+        try:
+            return self.spool.start(row, settlement, time.monotonic())
+        except Exception:
+            log.exception("ledger: the start of %s could not be spooled", row.request_id)
+            return False
 
     def record(self, row: LedgerRow, settlement: Settlement | None = None) -> None:
         """Spool and queue one row (and its settlement). Never blocks and never fails: a row the
@@ -112,7 +118,7 @@ class LedgerWriter:
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, timeout_s)
-            except TimeoutError:
+            except TimeoutError:  # wait_for cancelled the writer: what it holds stays in the spool
                 log.error("ledger: %d rows could not be written before shutdown", len(self._pending))
         if self.spool is not None:
             self.spool.close()

@@ -127,7 +127,8 @@ class Spool:
         """Stop appending. Segments with rows still unwritten stay for the next start to replay;
         with none, the spool is removed."""
         if self._current is not None:
-            self._current.sealed = True
+            # Starts still open (requests that never finished) keep it, for the next start to bill.
+            self._current.sealed = not self._open
             self.release(self._current)
             self._current = None
         if self._fd >= 0:
@@ -138,7 +139,12 @@ class Spool:
         if not kept and self._lock_fd is not None:
             (self.directory / f"{self.name}.lock").unlink(missing_ok=True)
         elif kept:
-            log.error("spool: %d rows not in Postgres stay in %s for the next start", self.unwritten, self.directory)
+            log.error(
+                "spool: %d rows not in Postgres and %d unfinished requests stay in %s for the next start",
+                self.unwritten,
+                len(self._open),
+                self.directory,
+            )
         for claim in list(self._claims):
             if claim.lock_fd is not None:
                 os.close(claim.lock_fd)  # a dead spool not drained: the next start reads it again
