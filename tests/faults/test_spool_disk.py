@@ -14,7 +14,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.faults.traffic import BODY, tenant_headers
+from tests.faults.traffic import BODY, SlowStream, tenant_headers
 from tests.support import Admin, Ledger, Process, eventually, metric, start_meter
 
 
@@ -77,5 +77,28 @@ def test_a_full_spool_disk_refuses_with_529_and_loses_nothing(
         # The refusal is in the ledger too: its row went to Postgres from memory.
         assert ledger.row(refused.headers["x-meter-request-id"])["status"] == 529
         eventually(lambda: metric(meter.base_url, "meter_ledger_queue_depth") == 0, 10, "the ledger to drain")
+    finally:
+        meter.stop()
+
+
+def test_a_full_spool_refuses_with_529_until_it_drains(
+    database_url: str, upstream: Process, ledger: Ledger, tmp_path: Path
+) -> None:
+    """METER_SPOOL_MAX_BYTES: a spool past it (here: one open stream's start) takes no new call."""
+    meter = start_meter(database_url, upstream.base_url, tmp_path, METER_SPOOL_MAX_BYTES="1")
+    try:
+        _, headers = tenant_headers(Admin(meter.base_url))
+        slow = SlowStream(meter.base_url, headers, {"x-demo-output-tokens": "40", "x-demo-tokens-per-second": "10"})
+        refused = httpx.post(meter.base_url + "/v1/messages", json=BODY, headers=headers)
+        assert refused.status_code == 529 and refused.headers["retry-after"] == "1", refused.text
+        assert refused.json()["error"]["type"] == "overloaded_error"
+        slow.join()  # its row written, nothing open: the spool is truncated and takes calls again
+        assert b"message_stop" in slow.received
+        eventually(
+            lambda: httpx.post(meter.base_url + "/v1/messages", json=BODY, headers=headers).status_code == 200,
+            15,
+            "the spool to drain",
+        )
+        assert ledger.row(slow.request_id)["output_tokens"] == 40
     finally:
         meter.stop()
