@@ -49,6 +49,7 @@ from meter.proxy.recorder import Recorder
 from meter.proxy.routes import ProxyRoutes
 from meter.reconcile.job import keep_reconciled
 from meter.settings import Settings
+from meter.spool import Spool
 from meter.webhooks import worker as webhooks
 from meter.webhooks.checker import Checker
 from meter.webhooks.delivery import Deliverer
@@ -90,8 +91,23 @@ def build_parts(settings: Settings, registry: CollectorRegistry | None = None) -
         settings.upstream_connect_timeout_s,
         settings.upstream_read_timeout_s,
     )
+    spool = None
+    if settings.spool:
+        spool = Spool(
+            settings.data_dir.resolve() / "spool",
+            metrics,
+            settings.spool_segment_bytes,
+            settings.spool_max_bytes,
+            settings.spool_fsync,
+            settings.spool_fsync_interval_ms / 1000,
+        )
     ledger = LedgerWriter(
-        engine, metrics, settings.ledger_batch_rows, settings.ledger_flush_interval_s, settings.ledger_max_pending
+        engine,
+        metrics,
+        settings.ledger_batch_rows,
+        settings.ledger_flush_interval_s,
+        settings.ledger_max_pending,
+        spool,
     )
     limiter = Limiter(
         engine,
@@ -165,6 +181,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                 )
             ),
         ]
+        if parts.ledger.spool is not None:
+            background.append(asyncio.create_task(parts.ledger.spool.sync_periodically()))
         stop_exposition = None
         if settings.metrics_address and settings.workers == 1:
             stop_exposition = serve_exposition(*settings.metrics_host_port(), parts.metrics.registry)

@@ -156,6 +156,28 @@ class Metrics:
         self.ledger_write_errors = Counter(
             "meter_ledger_write_errors_total", "Failed ledger batch writes (retried)", registry=registry
         )
+        self.ledger_quarantined = Counter(
+            "meter_ledger_rows_quarantined_total",
+            "Ledger rows Postgres rejected, kept in usage_quarantine (or the spool's quarantine file)",
+            registry=registry,
+        )
+        self.spool_bytes = Gauge(
+            "meter_spool_bytes",
+            "Bytes of the ledger's local spool files not yet known to be in Postgres",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.spool_write_errors = Counter(
+            "meter_spool_write_errors_total",
+            "Appends to the ledger's spool that failed (disk full, I/O error); new requests get 529 meanwhile",
+            registry=registry,
+        )
+        self.spool_replayed = Counter(
+            "meter_spool_replayed_rows_total",
+            "Rows read back from the spool of a process that died, by kind (row: finished; unfinished: partial)",
+            ["kind"],
+            registry=registry,
+        )
         self.batches_unbilled = Gauge(
             "meter_batches_unbilled",
             "Message batches whose results are not billed yet (in flight, or ended moments ago)",

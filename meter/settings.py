@@ -19,6 +19,7 @@ DEFAULT_UPSTREAM = "https://api.anthropic.com"
 MIN_ADMIN_TOKEN_LENGTH = 32
 # The database URL forms meter accepts (meter.db.engine rewrites them for each driver).
 POSTGRES_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
+SPOOL_FSYNC = ("off", "interval", "always")
 
 
 class ConfigError(ValueError):
@@ -80,6 +81,18 @@ class Settings:
     # Past this many unwritten rows (Postgres down), new requests are refused with 529 instead of
     # risking unrecorded usage.
     ledger_max_pending: int = 100_000
+    # The ledger's local spool (meter/spool.py): every row and every request start is appended to a
+    # file under data_dir/spool before the response completes, so a killed process loses nothing.
+    spool: bool = True
+    # fsync policy, for machine crashes (a process kill never loses what reached the page cache):
+    # "off" (the kernel writes back), "interval" (one fsync every spool_fsync_interval_ms, off the
+    # event loop), "always" (an fsync per append, on the hot path).
+    spool_fsync: str = "off"
+    spool_fsync_interval_ms: float = 10.0
+    # A spool file is rotated past this size (so under steady traffic the spool stays about this
+    # big); past spool_max_bytes in all, new requests get 529.
+    spool_segment_bytes: int = 1024 * 1024
+    spool_max_bytes: int = 1024 * 1024 * 1024
     # Tenant keys are cached per process; changes arrive by LISTEN/NOTIFY at once, and this is the
     # safety net (one second while the notification connection is down).
     key_cache_ttl_s: float = 10.0
@@ -182,6 +195,11 @@ class Settings:
                 raise ConfigError(f"METER_{name.upper()} must not be negative, got {getattr(self, name)}")
         if self.console_session_s <= 0:
             raise ConfigError(f"METER_CONSOLE_SESSION_S must be positive, got {self.console_session_s}")
+        if self.spool_fsync not in SPOOL_FSYNC:
+            raise ConfigError(f"METER_SPOOL_FSYNC must be one of {', '.join(SPOOL_FSYNC)}, got {self.spool_fsync!r}")
+        for name in ("spool_fsync_interval_ms", "spool_segment_bytes", "spool_max_bytes"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"METER_{name.upper()} must be positive, got {getattr(self, name)}")
         if not self.reconcile_interval_s > 0:
             raise ConfigError(f"METER_RECONCILE_INTERVAL_S must be positive, got {self.reconcile_interval_s}")
         for name in ("webhook_check_s", "webhook_poll_s", "webhook_timeout_s"):
@@ -249,6 +267,14 @@ def seconds_list(raw: str) -> tuple[float, ...]:
     return tuple(float(part) for part in raw.split(","))
 
 
+def _boolean(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "on", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "off", "no"):
+        return False
+    raise ValueError(raw)
+
+
 ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "database_url": str,
     "listen_database_url": str,
@@ -264,6 +290,12 @@ ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "max_body_bytes": int,
     "disconnect_drain_s": float,
     "ledger_max_pending": int,
+    "spool": _boolean,
+    "spool_fsync": str,
+    "spool_fsync_interval_ms": float,
+    "spool_segment_bytes": int,
+    "spool_max_bytes": int,
+    "upstream_read_timeout_s": float,
     "shutdown_grace_s": float,
     "hold_ttl_s": float,
     "metrics_max_tenants": int,

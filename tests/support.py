@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from meter.db.engine import create_engine
 from meter.db.models import usage_events
@@ -160,7 +160,15 @@ class EmbeddedPostgres:
         )
 
     def start(self) -> None:
-        self.server.ensure_postgres_running()
+        # pgserver gives pg_ctl 10 s to start the server, which a loaded machine can overrun while
+        # the server does come up: ask again, and it finds the one that is running.
+        for attempt in range(3):
+            try:
+                self.server.ensure_postgres_running()
+                return
+            except subprocess.SubprocessError:
+                if attempt == 2:
+                    raise
 
     def cleanup(self) -> None:
         self.server.cleanup()
@@ -215,6 +223,11 @@ class Process:
 
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """kill -9: no cleanup of any kind."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
 
     def wait(self, timeout_s: float = 60.0) -> int:
         return self.process.wait(timeout_s)
@@ -304,6 +317,19 @@ class Ledger:
                     statement = statement.where(usage_events.c[column] == value)
                 async with engine.connect() as conn:
                     return [dict(row) for row in (await conn.execute(statement)).mappings()]
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(query())
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        """The one value `sql` selects (holds left, limits in flight, ...)."""
+
+        async def query() -> Any:
+            engine = create_engine(self.url, pool_size=1)
+            try:
+                async with engine.connect() as conn:
+                    return (await conn.execute(text(sql), params)).scalar()
             finally:
                 await engine.dispose()
 

@@ -8,11 +8,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Controller, get
 from litestar.params import Parameter
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from meter import money, periods
-from meter.admin.pagination import fetch_page
 from meter.admin.schema import ERRORS
 from meter.admin.tenants import get_tenant
 from meter.db.models import usage_daily, usage_events
@@ -55,17 +54,47 @@ class UsageEvent(msgspec.Struct):
 
 class UsageEventPage(msgspec.Struct):
     data: list[UsageEvent]
+    # Where the next page starts: pass it back as `after`. Always set once the feed has a row, also
+    # on the last page, so a consumer that follows it sees every row exactly once.
     next_cursor: str | None
+    has_more: bool
+
+
+# The oldest transaction still running: every row of a smaller txid has committed (or never will).
+_HORIZON = text("(pg_snapshot_xmin(pg_current_snapshot())::text)::bigint")
+_FEED_ORDER = (usage_events.c.txid, usage_events.c.seq)
+_EVENT_FIELDS = UsageEvent.__struct_fields__
 
 
 async def list_events(conn: AsyncConnection, tenant_id: str | None, after: str | None, limit: int) -> UsageEventPage:
-    """Events in request-id order (time order: ids are time-ordered); `after` is the cursor."""
-    query = select(usage_events)
+    """Events in commit order. A row is handed out only once every transaction that could still
+    commit before it has ended, so a cursor never passes a row that lands later (a slow stream's)."""
+    txid, seq = _position(after)
+    query = (
+        select(usage_events)
+        .where(usage_events.c.txid < _HORIZON, tuple_(*_FEED_ORDER) > tuple_(literal(txid), literal(seq)))
+        .order_by(*_FEED_ORDER)
+        .limit(limit + 1)
+    )
     if tenant_id:
         query = query.where(usage_events.c.tenant_id == tenant_id)
-    rows, next_cursor = await fetch_page(conn, query, usage_events.c.request_id, after, limit)
-    events = [UsageEvent(**{**row, "cost_usd": money.usd_or_none(row["cost_usd"])}) for row in rows]
-    return UsageEventPage(data=events, next_cursor=next_cursor)
+    rows = (await conn.execute(query)).mappings().all()
+    page = rows[:limit]
+    events = [
+        UsageEvent(**{**{name: row[name] for name in _EVENT_FIELDS}, "cost_usd": money.usd_or_none(row["cost_usd"])})
+        for row in page
+    ]
+    next_cursor = f"{page[-1]['txid']}.{page[-1]['seq']}" if page else after
+    return UsageEventPage(data=events, next_cursor=next_cursor, has_more=len(rows) > limit)
+
+
+def _position(cursor: str | None) -> tuple[int, int]:
+    if not cursor:
+        return -1, -1
+    txid, dot, seq = cursor.partition(".")
+    if not (dot and txid.isdigit() and seq.isdigit() and len(cursor) <= 40):
+        raise InvalidRequest("after: not a cursor of this feed (pass back a next_cursor it returned)")
+    return int(txid), int(seq)
 
 
 class UsageRow(msgspec.Struct):
@@ -197,7 +226,7 @@ class UsageController(Controller):
         async with db.connect() as conn:
             return await tenant_usage(conn, tenant_id, start, end, group_by)
 
-    @get("/usage/events", summary="Ledger rows, oldest first, with cursor pagination", responses=ERRORS)
+    @get("/usage/events", summary="Ledger rows in commit order: follow next_cursor to export them", responses=ERRORS)
     async def events(
         self,
         db: AsyncEngine,

@@ -17,7 +17,8 @@ T = TypeVar("T")
 
 def settings(args: argparse.Namespace, **overrides: object) -> Settings:
     """Settings from the environment; the command's flags (and `overrides`) win."""
-    flags = {name: getattr(args, name, None) for name in ("host", "port", "upstream_url", "database_url", "data_dir")}
+    names = ("host", "port", "upstream_url", "database_url", "data_dir", "workers")
+    flags = {name: getattr(args, name, None) for name in names}
     return Settings.from_env(None, **{**flags, **overrides})
 
 

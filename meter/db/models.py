@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -99,6 +100,9 @@ prices = Table(
     Column("source", Text),
 )
 
+# The id of the current transaction, as a bigint (xid8 is a 64-bit epoch-extended id that never wraps).
+TXID = text("(pg_current_xact_id()::text)::bigint")
+
 # The ledger: one row per tenant request that reached authentication, whatever its outcome.
 usage_events = Table(
     "usage_events",
@@ -141,7 +145,25 @@ usage_events = Table(
     Column("finished_at", DateTime(timezone=True), nullable=False),
     Column("duration_ms", Integer, nullable=False),
     Column("ttfb_ms", Integer),
+    # The feed's commit-ordered cursor (admin/usage.py): the inserting transaction's id, and a
+    # sequence within it. A row is handed out only once every transaction with a smaller id has
+    # ended, so a row that commits late is never behind a cursor that moved on.
+    Column("txid", BigInteger, nullable=False, server_default=TXID),
+    Column("seq", BigInteger, Identity(), nullable=False),
     Index("ix_usage_events_tenant_started", "tenant_id", "started_at"),
+    Index("ix_usage_events_txid", "txid", "seq"),
+)
+
+# Ledger rows Postgres rejected (ledger.py): kept as the spool wrote them, for the operator to fix
+# and replay; never retried forever, never dropped without trace.
+usage_quarantine = Table(
+    "usage_quarantine",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("request_id", Text, nullable=False),
+    Column("record", Text, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("quarantined_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
 # Limits and their live state, one row per limited subject: a tenant (`ten_…`) or a key (`key_…`).

@@ -190,3 +190,13 @@ async def agreed_setting(conn: AsyncConnection, name: str, value: str) -> str:
     await conn.execute(insert_new, {"name": name, "value": value})
     stored = await conn.execute(text("SELECT value FROM meter_settings WHERE name = :name"), {"name": name})
     return str(stored.scalar_one())
+
+
+_QUARANTINE = text("INSERT INTO usage_quarantine (request_id, record, error) VALUES (:request_id, :record, :error)")
+
+
+async def quarantine(conn: AsyncConnection, request_id: str, record: str, error: str) -> None:
+    """Keep a ledger row Postgres rejected, as the spool wrote it, with the reason (NULs dropped:
+    a text column refuses them, and JSON text escapes every one it carries)."""
+    clean = {"request_id": request_id, "record": record, "error": error}
+    await conn.execute(_QUARANTINE, {name: value.replace("\x00", "") for name, value in clean.items()})

@@ -32,6 +32,7 @@ tier it names (else the dearest), the speed it names.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -44,6 +45,11 @@ SERVER_TOOL_USES = 10
 SERVER_LOOP_STEPS = 10
 # The window assumed for a model whose price does not say its own (the largest Claude has).
 DEFAULT_CONTEXT_WINDOW = 1_000_000
+# What the row of a request that never finished says it read (the spool's partial row, after a
+# crash): a likely figure, not a bound. English runs at about 3.5 bytes a token; an image at the
+# API's largest size is about 1,600 tokens.
+BYTES_PER_TOKEN = 3.5
+TYPICAL_IMAGE_TOKENS = 1_600
 # Tool types the client runs itself: no loop inside the call.
 CLIENT_TOOL_PREFIXES = ("custom", "bash_", "text_editor_", "computer_", "memory_")
 
@@ -189,3 +195,10 @@ def _dearest_multiplier(price: Price, shape: RequestShape) -> Decimal:
         elif name != "speed":  # a call runs fast only if it asks to
             product *= max([Decimal(1), *(factor for value, factor in factors.items() if value != "batch")])
     return product
+
+
+def likely_input_tokens(shape: RequestShape) -> int:
+    """The input a request most likely read (BYTES_PER_TOKEN): what a request whose process died
+    before it finished is billed for, flagged partial."""
+    text = math.ceil(shape.text_tokens / BYTES_PER_TOKEN)
+    return text + shape.images * TYPICAL_IMAGE_TOKENS + (TOOL_PROMPT_TOKENS if shape.tools else 0)

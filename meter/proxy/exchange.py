@@ -88,6 +88,10 @@ class Exchange:
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     # What went wrong upstream, if anything did: counted in meter_upstream_errors_total.
     upstream_error: str | None = None
+    # The usage a request is billed at if it never learns its own (recorder.py): set when forwarded.
+    estimate: Usage | None = None
+    # Cancelled by the server (a shutdown past its grace period): billed for what it saw, partial.
+    cancelled: bool = False
 
     def first_byte(self) -> None:
         if self.ttfb_s is None:

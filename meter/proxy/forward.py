@@ -113,6 +113,9 @@ class Upstream:
                     skip_auto_headers=_NO_AUTO_HEADERS,
                 )
         except httpx.TimeoutException as exc:
+            # httpx-aiohttp maps every aiohttp connection error to a timeout, a reset one included.
+            if isinstance(exc.__cause__, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+                raise UpstreamUnavailable("The upstream API closed the connection without answering.") from exc
             raise UpstreamTimeout("The upstream API did not answer in time.") from exc
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(f"The upstream API could not be reached: {exc.__class__.__name__}.") from exc

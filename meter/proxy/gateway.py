@@ -7,6 +7,7 @@ loop to relay streams unbuffered, notice a client that leaves, and record usage 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -85,11 +86,19 @@ class Gateway:
             await refuse(error)
             return
         exchange = Exchange(request_id, caller, endpoint.name, endpoint.billed)
-        started = False
+        started = recorded = False
+
+        def record() -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                self.recorder.record(exchange)
 
         async def tracked_send(message: Any) -> None:
             nonlocal started
             started = True
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                record()  # spooled before the response completes: a kill after it loses nothing
             await send(message)
 
         self._metrics.in_flight.inc()
@@ -98,18 +107,22 @@ class Gateway:
             self.gate.enter(caller.tenant_id)
             entered = True
             await self._serve(exchange, endpoint, handler, route, scope, incoming, receive, tracked_send)
+        except asyncio.CancelledError:
+            exchange.cancelled = True  # the server gave up on it (a shutdown past its grace period)
+            raise
         except Exception as exc:
             failure = exc if isinstance(exc, MeterError) else InternalError("Internal error in meter.")
             if not isinstance(exc, MeterError):
                 log.exception("request %s failed", request_id)
             exchange.status, exchange.error_type = failure.status, failure.error_type
             if not started:
+                record()
                 await refuse(failure)
         finally:
             if entered:
                 self.gate.leave(caller.tenant_id)
             self._metrics.in_flight.dec()
-            self.recorder.record(exchange)
+            record()
 
     async def _serve(
         self,
@@ -145,13 +158,15 @@ class Gateway:
             if spool is not None and (not isinstance(call, UpstreamRequest) or call.stream is None):
                 spool.close()  # not handed on to the upstream, which closes it when sent
         if not self.recorder.ledger.accepting:
-            raise Overloaded("meter cannot record usage right now; try again shortly.")
+            raise cannot_record()
         await self.limiter.reserve(exchange)
         if isinstance(call, Answer):
             if call.deferred is not None:
                 call = Answer(call.status, await call.deferred())
             await send_answer(exchange, call, send)
             return
+        if not self.recorder.started(exchange):
+            raise cannot_record()
         try:
             upstream = await self.upstream.send(call)
         except UpstreamTimeout:
@@ -172,3 +187,8 @@ class Gateway:
             await relay_raw(exchange, upstream, send)
         else:
             await relay_whole(exchange, upstream, send, handler.answer)
+
+
+def cannot_record() -> Overloaded:
+    """The ledger cannot take more (its backlog or spool is full, or the spool's disk fails)."""
+    return Overloaded("meter cannot record usage right now; try again shortly.", {"retry-after": "1"})

@@ -6,11 +6,15 @@ import time
 from datetime import timedelta
 from decimal import Decimal
 
-from meter.db.rows import LedgerRow, billed_columns, stored_text
+import msgspec
+
+from meter.db.rows import LedgerRow, Settlement, billed_columns, stored_text
 from meter.ledger import LedgerWriter
 from meter.metrics import Metrics
 from meter.pricing import FREE, Cost, PriceTable
+from meter.proxy.estimate import likely_input_tokens
 from meter.proxy.exchange import Exchange
+from meter.usage import Usage
 
 
 class Recorder:
@@ -19,18 +23,37 @@ class Recorder:
         self.prices = prices
         self._metrics = metrics
 
+    def started(self, exchange: Exchange) -> bool:
+        """Spool the row `exchange` gets if meter dies before it finishes: partial, at the input its
+        body most likely has, settling its hold. False if the spool cannot take it."""
+        estimate = Usage()
+        if exchange.billed and exchange.shape is not None:
+            estimate.input_tokens = likely_input_tokens(exchange.shape)
+        exchange.estimate = estimate
+        _complete(exchange, estimate)
+        cost = self._cost(exchange, estimate)
+        row = msgspec.structs.replace(_row(exchange, 0.0, estimate, cost), partial=True, error_type="interrupted")
+        return self.ledger.record_start(row, self._settlement(exchange, estimate, cost))
+
     def record(self, exchange: Exchange) -> None:
         duration = time.perf_counter() - exchange.started
-        _complete(exchange)
-        cost = self._cost(exchange)
-        total = None if cost is None else cost.total
-        hold = exchange.hold
-        settlement = hold.settlement(exchange.usage.total_tokens, total) if hold else None
-        self.ledger.record(_row(exchange, duration, cost), settlement)
-        self._observe(exchange, duration, total)
-
-    def _cost(self, exchange: Exchange) -> Cost | None:
+        if exchange.cancelled:
+            # It saw what it saw: never 0 tokens and $0 for a call the upstream may bill.
+            exchange.partial = True
+            exchange.error_type = exchange.error_type or "cancelled"
+            if exchange.usage.total_tokens == 0 and exchange.estimate is not None:
+                exchange.usage = exchange.estimate
         usage = exchange.usage
+        _complete(exchange, usage)
+        cost = self._cost(exchange, usage)
+        self.ledger.record(_row(exchange, duration, usage, cost), self._settlement(exchange, usage, cost))
+        self._observe(exchange, duration, None if cost is None else cost.total)
+
+    def _settlement(self, exchange: Exchange, usage: Usage, cost: Cost | None) -> Settlement | None:
+        hold = exchange.hold
+        return hold.settlement(usage.total_tokens, None if cost is None else cost.total) if hold else None
+
+    def _cost(self, exchange: Exchange, usage: Usage) -> Cost | None:
         if not exchange.billed or (usage.total_tokens == 0 and not usage.server_tool_use):
             return FREE
         price = self.prices.price_of_call(exchange.model, exchange.response_model, exchange.started_at)
@@ -63,11 +86,11 @@ class Recorder:
             m.cost.labels(tenant, model).inc(float(cost))
 
 
-def _complete(exchange: Exchange) -> None:
+def _complete(exchange: Exchange, usage: Usage) -> None:
     """What the answer left out of the usage, from the request: a fast or geo-pinned call whose
     reply does not say how it ran is billed as it asked; cache writes of unknown TTL at 1h when it
     asked for a 1h cache."""
-    usage, shape = exchange.usage, exchange.shape
+    shape = exchange.shape
     if shape is None:
         return
     usage.writes_default_1h = shape.cache_1h
@@ -76,7 +99,7 @@ def _complete(exchange: Exchange) -> None:
         usage.inference_geo = shape.inference_geo
 
 
-def _row(exchange: Exchange, duration: float, cost: Cost | None) -> LedgerRow:
+def _row(exchange: Exchange, duration: float, usage: Usage, cost: Cost | None) -> LedgerRow:
     return LedgerRow(
         request_id=exchange.request_id,
         tenant_id=exchange.caller.tenant_id,
@@ -86,7 +109,7 @@ def _row(exchange: Exchange, duration: float, cost: Cost | None) -> LedgerRow:
         stream=exchange.stream,
         status=exchange.status,
         error_type=stored_text(exchange.error_type),
-        **billed_columns(exchange.usage, cost),
+        **billed_columns(usage, cost),
         response_model=stored_text(exchange.response_model),
         partial=exchange.partial,
         stop_reason=stored_text(exchange.stop_reason),

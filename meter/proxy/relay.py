@@ -55,13 +55,13 @@ async def relay_whole(
     status, answer = await rewrite(upstream.status_code, body)
     exchange.status = status
     exchange.first_byte()
-    await send(_start(exchange, upstream, status, len(answer)))
-    await send({"type": "http.response.body", "body": answer})
-    # Bookkeeping after the client has its answer: off the latency path.
+    # The usage is read before the answer completes: its row is spooled with the last send.
     if exchange.billed or upstream.status_code >= 400:
         _read_json_answer(exchange, upstream.status_code, body)
     if upstream.status_code == 429 or upstream.status_code >= 500:
         exchange.upstream_error = exchange.error_type or f"http_{upstream.status_code}"
+    await send(_start(exchange, upstream, status, len(answer)))
+    await send({"type": "http.response.body", "body": answer})
 
 
 async def relay_raw(exchange: Exchange, upstream: httpx.Response, send: Any) -> None:
@@ -160,10 +160,15 @@ async def relay_stream(
         relaying = False
         listener.cancel()
         drain.release()
+        # Also when cancelled (a shutdown past its grace period): what the stream saw is billed.
+        _take_usage(exchange, reader)
         await upstream.aclose()
     if not client_gone.is_set():
         tail = translator.finish() if translator is not None else b""
         await send({"type": "http.response.body", "body": tail})
+
+
+def _take_usage(exchange: Exchange, reader: StreamUsageReader) -> None:
     exchange.usage, exchange.partial = reader.final_usage()
     exchange.stop_reason = reader.stop_reason
     exchange.response_model = reader.model

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,19 +56,25 @@ def test_sigterm_during_a_stream_finishes_it_and_loses_no_row(
 
 
 @contextmanager
-def meter_on_own_postgres(upstream: Process, directory: Path) -> Iterator[tuple[Process, EmbeddedPostgres, str]]:
-    """A meter process on a Postgres of its own, which the test may stop and start."""
-    postgres = EmbeddedPostgres(directory / "pg")
+def meter_on_own_postgres(
+    upstream: Process, directory: Path, **env: str
+) -> Iterator[tuple[Process, EmbeddedPostgres, str]]:
+    """A meter process on a Postgres of its own, which the test may stop and start. Its data lives
+    outside pytest's temporary root, which every pytest session on the machine makes private again
+    (mode 0700), shutting out the server's own user in the middle of a test."""
+    home = Path(tempfile.mkdtemp(prefix="meter-test-pg-"))
+    postgres = EmbeddedPostgres(home / "pg")
     try:
         url = create_database(postgres.url(), "meter")
         migrate.upgrade(url)
-        meter = start_meter(url, upstream.base_url, directory / "meter")
+        meter = start_meter(url, upstream.base_url, directory / "meter", **env)
         try:
             yield meter, postgres, url
         finally:
             meter.stop()
     finally:
         postgres.cleanup()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_postgres_restart_during_traffic_loses_no_row(upstream: Process, tmp_path: Path) -> None:

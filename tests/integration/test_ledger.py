@@ -9,14 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
+from sqlalchemy import select
 
 from meter.credentials import new_id
 from meter.db.engine import create_engine
+from meter.db.models import usage_quarantine
 from meter.db.rows import LedgerRow
 from meter.ledger import LedgerWriter
 from meter.metrics import Metrics
+from meter.spool import Record, Spool
 from tests.support import Admin, Ledger, Process, start_meter
 
 
@@ -71,8 +75,23 @@ async def test_rows_are_idempotent_and_invalid_rows_are_isolated(database_url: s
     stored = {r["request_id"] for r in await asyncio.to_thread(ledger.rows, tenant_id="ten_synthetic")}
     assert {r.request_id for r in rows} | {last.request_id} <= stored
     assert bad.request_id not in stored
-    assert registry.get_sample_value("meter_ledger_rows_dropped_total") == 1
+    # Rejected, so quarantined where the operator sees it, as the spool writes it; never dropped.
+    (kept,) = await quarantined(engine_url=database_url, request_id=bad.request_id)
+    assert msgspec.json.decode(kept["record"], type=Record).row == bad
+    assert "int32" in kept["error"]
+    assert registry.get_sample_value("meter_ledger_rows_quarantined_total") == 1
+    assert registry.get_sample_value("meter_ledger_rows_dropped_total") == 0
     assert (registry.get_sample_value("meter_ledger_rows_written_total") or 0) >= 121
+
+
+async def quarantined(engine_url: str, request_id: str) -> list[dict[str, Any]]:
+    engine = create_engine(engine_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            query = select(usage_quarantine).where(usage_quarantine.c.request_id == request_id)
+            return [dict(row) for row in (await conn.execute(query)).mappings()]
+    finally:
+        await engine.dispose()
 
 
 def test_full_backlog_refuses_new_requests_with_529(
@@ -91,3 +110,33 @@ def test_full_backlog_refuses_new_requests_with_529(
         assert (row["status"], row["error_type"]) == (529, "overloaded_error")
     finally:
         meter.stop()
+
+
+async def test_the_writer_outlives_an_error_that_is_not_the_database(
+    database_url: str, ledger: Ledger, tmp_path: Path
+) -> None:
+    """A row that cannot even be encoded (not a database or socket error): logged, counted, retried,
+    then quarantined, and the writer goes on writing."""
+    engine = create_engine(database_url)
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    writer = LedgerWriter(engine, metrics, batch_rows=50, flush_interval_s=0.01, spool=Spool(tmp_path, metrics))
+    writer.start()
+    try:
+        good = [synthetic_row(tenant_id="ten_unencodable") for _ in range(5)]
+        odd = synthetic_row(tenant_id="ten_unencodable", usage_extra={"field": object()})
+        for row in (*good[:3], odd, *good[3:]):
+            writer.record(row)
+        await writer.flush()
+        writer.record(after := synthetic_row(tenant_id="ten_unencodable"))
+        await writer.flush()
+    finally:
+        await writer.close()
+        await engine.dispose()
+    stored = {r["request_id"] for r in await asyncio.to_thread(ledger.rows, tenant_id="ten_unencodable")}
+    assert stored == {row.request_id for row in (*good, after)}
+    (kept,) = await quarantined(engine_url=database_url, request_id=odd.request_id)
+    assert kept["record"].startswith("(LedgerRow(") and "TypeError" in kept["error"]
+    assert (registry.get_sample_value("meter_ledger_write_errors_total") or 0) >= 3
+    assert registry.get_sample_value("meter_ledger_rows_dropped_total") == 0
+    assert not await asyncio.to_thread(lambda: list(tmp_path.glob("*.log")))  # all written: the spool is gone
