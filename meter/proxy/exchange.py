@@ -30,9 +30,8 @@ class Hold:
     finish: Callable[[int, Decimal], None] | None = None
 
     def settlement(self, tokens: int, usd: Decimal | None) -> Settlement:
-        """The request is over: the settlement its ledger row carries (and the lease has its rest back)."""
-        if self.finish is not None:
-            self.finish(tokens, usd or Decimal(0))
+        """The settlement a ledger row of this much usage carries (the request's last, or the one
+        spooled at its start in case meter dies)."""
         return Settlement(
             hold=self.id,
             request_id=self.request_id,
@@ -43,6 +42,11 @@ class Hold:
             usd=usd or Decimal(0),
             lease=self.lease,
         )
+
+    def end(self, tokens: int, usd: Decimal | None) -> None:
+        """The request is over, having used this much: a lease has the rest of its bound back."""
+        if self.finish is not None:
+            self.finish(tokens, usd or Decimal(0))
 
 
 @dataclass(frozen=True)

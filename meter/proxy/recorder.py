@@ -46,6 +46,8 @@ class Recorder:
         usage = exchange.usage
         _complete(exchange, usage)
         cost = self._cost(exchange, usage)
+        if exchange.hold is not None:
+            exchange.hold.end(usage.total_tokens, None if cost is None else cost.total)
         self.ledger.record(_row(exchange, duration, usage, cost), self._settlement(exchange, usage, cost))
         self._observe(exchange, duration, None if cost is None else cost.total)
 
