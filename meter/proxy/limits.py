@@ -19,7 +19,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -38,7 +38,7 @@ from meter.proxy import estimate
 from meter.proxy.auth import Caller
 from meter.proxy.estimate import RequestShape
 from meter.proxy.exchange import Exchange, Hold
-from meter.proxy.leases import LeaseBook, Need, Refused
+from meter.proxy.leases import Lease, LeaseBook, Need, Refused
 
 log = logging.getLogger("meter.limits")
 
@@ -47,6 +47,8 @@ _RENEW_HOLDS = text(
     "UPDATE holds SET expires_at = clock_timestamp() + make_interval(secs => :ttl) WHERE owner = :owner RETURNING id"
 )
 _EXPIRE = text("SELECT meter_expire_holds()")
+# Header lines are kept for this many lease grants at most.
+MAX_HEADER_LINES = 10_000
 # How often idle and retired leases give their headroom back.
 LEASE_TIDY_S = 0.5
 
@@ -83,6 +85,8 @@ class Limiter:
         # Identifies this process's holds and leases, renewed while it lives.
         self.owner = "proc_" + secrets.token_hex(6)
         self.leases = LeaseBook(engine, metrics, self.owner, hold_ttl_s)
+        self._period: tuple[date | None, tuple[str, str]] = (None, ("", ""))
+        self._header_lines: dict[str, tuple[dict[str, Any], list[tuple[str, bytes, list[tuple[bytes, bytes]]]]]] = {}
 
     async def reserve(self, exchange: Exchange) -> None:
         """Reserve the worst case for `exchange`, or raise the error the tenant should see."""
@@ -132,17 +136,42 @@ class Limiter:
             raise refusal_error(refused.refusal) from None
         except (DBAPIError, OSError) as exc:
             raise Overloaded("meter cannot check limits right now; try again shortly.") from exc
-        day = exchange.started_at.date()
-        exchange.hold = Hold(
-            lease.id, exchange.request_id, subjects, day.isoformat(), month_start(day).isoformat(), True, finish
-        )
-        headers: dict[str, str] = {}
-        for family, name in (("request_header", "requests"), ("token_header", "tokens")):
-            remaining = lease.remaining(family)
-            if remaining is not None:
-                base = lease.headers[family]
-                headers.update(_family_headers(name, base["limit"], remaining, base["reset"]))
-        exchange.response_headers = [(k.encode(), v.encode()) for k, v in headers.items()]
+        day, month = self._period_of(exchange.started_at.date())
+        exchange.hold = Hold(lease.id, exchange.request_id, subjects, day, month, True, finish)
+        exchange.response_headers = self._ratelimit_headers(lease)
+
+    def _period_of(self, day: date) -> tuple[str, str]:
+        """The UTC day and month of a request as settlements carry them (the same all day long)."""
+        if self._period[0] != day:
+            self._period = (day, (day.isoformat(), month_start(day).isoformat()))
+        return self._period[1]
+
+    def _ratelimit_headers(self, lease: Lease) -> list[tuple[bytes, bytes]]:
+        """A limited answer's rate-limit headers: the limits and resets are the lease grant's (made
+        into header lines once per grant), what remains is counted now."""
+        made = self._header_lines.get(lease.id)
+        if made is None or made[0] is not lease.headers:
+            lines = []
+            for family, name in (("request_header", "requests"), ("token_header", "tokens")):
+                base = lease.headers.get(family)
+                if base:
+                    fixed = _family_headers(name, base["limit"], 0, base["reset"])
+                    remaining = f"anthropic-ratelimit-{name}-remaining".encode()
+                    lines.append(
+                        (
+                            family,
+                            remaining,
+                            [(k.encode(), v.encode()) for k, v in fixed.items() if "-remaining" not in k],
+                        )
+                    )
+            made = self._header_lines[lease.id] = (lease.headers, lines)
+            if len(self._header_lines) > MAX_HEADER_LINES:
+                self._header_lines.clear()
+        headers: list[tuple[bytes, bytes]] = []
+        for family, remaining_name, fixed_lines in made[1]:
+            headers.extend(fixed_lines)
+            headers.append((remaining_name, str(max(0, math.floor(lease.remaining(family) or 0))).encode()))
+        return headers
 
     def _worst_case(self, exchange: Exchange) -> tuple[int, Decimal]:
         if exchange.reservation is not None:
