@@ -22,6 +22,8 @@ from tests.support import Admin, Ledger, Process, eventually, sample, start_mete
 from tests.webhook_receiver import Received, Receiver, receiver
 
 # Seconds, so that a test sees a day's retry schedule in a second.
+# Deliveries run on background loops of two processes: on a busy machine they take a while.
+DELIVERY_WAIT_S = 30.0
 FAST = {
     "METER_WEBHOOK_CHECK_S": "0.2",
     "METER_WEBHOOK_POLL_S": "0.1",
@@ -103,12 +105,13 @@ def test_the_80_percent_threshold_arrives_once_from_two_processes(
             break
         call(meters[index % 2], key)
     assert settled() >= budget * Decimal("0.8")
-    eventually(lambda: 80 in thresholds(path), waiting_for="the 80 % event")
+    eventually(lambda: 80 in thresholds(path), timeout_s=DELIVERY_WAIT_S, waiting_for="the 80 % event")
     for index in range(3):
         call(meters[index % 2], key)
     # A webhook made now hears of the same facts at the next check: a check ran after the traffic.
     marker = subscribe(admin, hooks.base_url + path + "-later", "budget.threshold", tenant_id=tenant_id)
-    eventually(lambda: 80 in thresholds(path + "-later"), waiting_for="a check after the traffic")
+    later = "a check after the traffic"
+    eventually(lambda: 80 in thresholds(path + "-later"), timeout_s=DELIVERY_WAIT_S, waiting_for=later)
 
     seen = thresholds(path)
     assert seen.count(80) == 1 and seen.count(50) == 1, seen
@@ -151,7 +154,7 @@ def test_a_receiver_that_fails_twice_gets_the_same_webhook_id_three_times(
     def attempts() -> list[Received]:
         return [r for r in hooks.received(path) if json.loads(r.body)["data"]["key_id"] == key["id"]]
 
-    eventually(lambda: len(attempts()) >= 3, waiting_for="three attempts")
+    eventually(lambda: len(attempts()) >= 3, timeout_s=DELIVERY_WAIT_S, waiting_for="three attempts")
     deliveries = admin.request("GET", f"/admin/webhooks/{webhook['id']}/deliveries").json()["data"]
     delivered = eventually(
         lambda: [
@@ -159,6 +162,7 @@ def test_a_receiver_that_fails_twice_gets_the_same_webhook_id_three_times(
             for d in admin.request("GET", f"/admin/webhooks/{webhook['id']}/deliveries").json()["data"]
             if d["status"] == "delivered"
         ],
+        timeout_s=DELIVERY_WAIT_S,
         waiting_for="the delivery to be recorded",
     )
     tries = attempts()
@@ -187,6 +191,7 @@ def test_a_receiver_that_always_fails_is_given_up_after_the_schedule(meters: lis
     path = f"/admin/webhooks/{webhook['id']}/deliveries"
     failed = eventually(
         lambda: [d for d in admin.request("GET", path).json()["data"] if d["status"] == "failed"],
+        timeout_s=DELIVERY_WAIT_S,
         waiting_for="the delivery to be given up",
     )
     # The first attempt, then one per pause of METER_WEBHOOK_RETRY_S.
@@ -206,6 +211,7 @@ def test_redirects_are_not_followed_and_a_slow_answer_is_cut_off(
     deliveries = f"/admin/webhooks/{webhook['id']}/deliveries"
     retried = eventually(
         lambda: [d for d in admin.request("GET", deliveries).json()["data"] if d["attempts"] >= 2],
+        timeout_s=DELIVERY_WAIT_S,
         waiting_for="a second attempt",
     )
     assert retried[0]["status"] in ("pending", "failed") and retried[0]["last_error"].startswith(error)
@@ -251,6 +257,7 @@ def test_a_rotation_signs_with_both_secrets_for_its_grace_period(meters: list[Pr
         key = admin.issue_key(tenant_id, expires_at=(datetime.now(UTC) + timedelta(days=5)).isoformat())
         return eventually(
             lambda: next((r for r in hooks.received(path) if key["id"].encode() in r.body), None),
+            timeout_s=DELIVERY_WAIT_S,
             waiting_for="key.expiring",
         )
 
@@ -281,11 +288,12 @@ def test_credit_low_and_exhausted_once_per_top_up(meters: list[Process], hooks: 
 
     credit("1")
     credit("-0.6")  # 0.40: low
-    eventually(lambda: ("credit.low", "0.4") in events(), waiting_for="credit.low")
+    eventually(lambda: ("credit.low", "0.4") in events(), timeout_s=DELIVERY_WAIT_S, waiting_for="credit.low")
     credit("-0.4")  # 0: exhausted; still the same episode for credit.low
-    eventually(lambda: ("credit.exhausted", "0") in events(), waiting_for="credit.exhausted")
+    eventually(lambda: ("credit.exhausted", "0") in events(), timeout_s=DELIVERY_WAIT_S, waiting_for="credit.exhausted")
     credit("0.3")  # a top-up that leaves it low starts a new episode
-    eventually(lambda: ("credit.low", "0.3") in events(), waiting_for="credit.low after the top-up")
+    again = "credit.low after the top-up"
+    eventually(lambda: ("credit.low", "0.3") in events(), timeout_s=DELIVERY_WAIT_S, waiting_for=again)
     assert [kind for kind, _ in events()] == ["credit.low", "credit.exhausted", "credit.low"]
 
 
@@ -342,7 +350,7 @@ def test_the_cli_manages_webhooks_with_the_same_functions(
         database_url, "webhooks", "create", hooks.base_url + path, "--event", "key.expiring", "--tenant", tenant_id
     )
     key = admin.issue_key(tenant_id, expires_at=(datetime.now(UTC) + timedelta(days=6)).isoformat())
-    (received,) = eventually(lambda: hooks.received(path), waiting_for="key.expiring")
+    (received,) = eventually(lambda: hooks.received(path), timeout_s=DELIVERY_WAIT_S, waiting_for="key.expiring")
     assert verified(made, received)["data"]["key_id"] == key["id"]
     listed = [w for w in meter_cli(database_url, "webhooks", "list") if w["id"] == made["id"]]
     assert listed and "secret" not in listed[0]
@@ -350,6 +358,7 @@ def test_the_cli_manages_webhooks_with_the_same_functions(
         lambda: [
             d for d in meter_cli(database_url, "webhooks", "deliveries", made["id"]) if d["status"] == "delivered"
         ],
+        timeout_s=DELIVERY_WAIT_S,
         waiting_for="the delivery to be recorded",
     )
     assert delivered[0]["id"] == received.headers["webhook-id"]
