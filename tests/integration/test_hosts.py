@@ -14,20 +14,18 @@ import contextlib
 import os
 import secrets
 import subprocess
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import yaml
 
-from tests.integration.test_leases import CHEAP, state
+from tests.integration.test_leases import CHEAP, sampled_while, state
 from tests.integration.test_limits import BODY, fire, headers, new_tenant
 from tests.integration.test_prometheus import Prometheus, binaries
 from tests.netns import Namespace, namespaces
@@ -136,20 +134,11 @@ def test_limits_are_exact_across_three_processes_on_two_hosts(hosts: Hosts) -> N
     budget, daily_tokens = Decimal("0.05"), 40_000
     key, _ = new_tenant(meters, {"budget_usd_per_month": str(budget), "tokens_per_day": daily_tokens})
     tenant = key["tenant_id"]
-    samples: list[dict[str, Any]] = []
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            samples.append(state(hosts.direct_url, tenant))
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        responses = [r for _ in range(3) for r in asyncio.run(fire(meters, key, 90, BODY, **CHEAP))]
-    finally:
-        done.set()
-        sampler.join()
+    responses, samples = sampled_while(
+        hosts.direct_url,
+        tenant,
+        lambda: [r for _ in range(3) for r in asyncio.run(fire(meters, key, 90, BODY, **CHEAP))],
+    )
     statuses = [r.status_code for r in responses]
     assert set(statuses) == {200, 429}, Counter(statuses)
     served_by = {str(r.request.url).rsplit("/v1/", 1)[0] for r in responses if r.status_code == 200}

@@ -8,10 +8,10 @@ import asyncio
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -20,6 +20,7 @@ from tests.integration.test_limits import BODY, HOLD_TTL_S, fire, headers, new_t
 from tests.support import Ledger, Process, eventually, sql, start_meter
 
 CHEAP = {"x-demo-output-tokens": "20"}
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -46,26 +47,35 @@ def state(database_url: str, subject: str) -> dict[str, Any]:
     return rows[0]
 
 
+def sampled_while(database_url: str, subject: str, work: Callable[[], T]) -> tuple[T, list[dict[str, Any]]]:
+    """What `work` returns, and the subject's `state` sampled over and over while it ran."""
+    samples: list[dict[str, Any]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(state(database_url, subject))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        return work(), samples
+    finally:
+        done.set()
+        sampler.join()
+
+
 def test_leases_and_settled_usage_never_exceed_the_limits(
     meters: list[Process], ledger: Ledger, database_url: str
 ) -> None:
     budget, daily_tokens = Decimal("0.05"), 40_000
     key, admin = new_tenant(meters, {"budget_usd_per_month": str(budget), "tokens_per_day": daily_tokens})
     tenant = key["tenant_id"]
-    samples: list[dict[str, Any]] = []
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            samples.append(state(database_url, tenant))
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        statuses = [r.status_code for _ in range(3) for r in asyncio.run(fire(meters, key, 100, BODY, **CHEAP))]
-    finally:
-        done.set()
-        sampler.join()
+    statuses, samples = sampled_while(
+        database_url,
+        tenant,
+        lambda: [r.status_code for _ in range(3) for r in asyncio.run(fire(meters, key, 100, BODY, **CHEAP))],
+    )
     assert set(statuses) == {200, 429} and statuses.count(200) > 10
     assert len(samples) > 5 and any(s["month_usd_held"] > 0 for s in samples), "no lease was ever seen"
     for s in samples:

@@ -13,19 +13,17 @@ import os
 import secrets
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from meter.db import migrate
 from tests.integration.test_batches_files import billed_rows, ended, requests, tenant
-from tests.integration.test_leases import CHEAP, state
+from tests.integration.test_leases import CHEAP, sampled_while, state
 from tests.integration.test_limits import BODY, fire, headers, new_tenant
 from tests.pgbouncer import PgBouncer, Pool, binary
 from tests.support import (
@@ -107,20 +105,11 @@ def test_limits_ledger_and_admin_api_through_pgbouncer(meters: list[Process], bo
     budget, daily_tokens = Decimal("0.04"), 30_000
     key, admin = new_tenant(meters, {"budget_usd_per_month": str(budget), "tokens_per_day": daily_tokens})
     tenant = key["tenant_id"]
-    samples: list[dict[str, Any]] = []
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            samples.append(state(bounced.direct_url, tenant))
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        statuses = [r.status_code for _ in range(3) for r in asyncio.run(fire(meters, key, 80, BODY, **CHEAP))]
-    finally:
-        done.set()
-        sampler.join()
+    statuses, samples = sampled_while(
+        bounced.direct_url,
+        tenant,
+        lambda: [r.status_code for _ in range(3) for r in asyncio.run(fire(meters, key, 80, BODY, **CHEAP))],
+    )
     assert set(statuses) == {200, 429} and statuses.count(200) > 10, statuses
     assert any(s["month_usd_held"] > 0 for s in samples), "no lease was ever seen"
     for s in samples:
