@@ -17,8 +17,9 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from meter.db import migrate
 from tests.integration.test_cli import meter_cli
-from tests.support import Admin, Ledger, Process, eventually, sample, start_meter
+from tests.support import Admin, Ledger, Process, create_database, eventually, sample, start_meter
 from tests.webhook_receiver import Received, Receiver, receiver
 
 # Seconds, so that a test sees a day's retry schedule in a second.
@@ -36,6 +37,20 @@ BODY: dict[str, Any] = {
     "max_tokens": 20,
     "messages": [{"role": "user", "content": "Hi"}],
 }
+
+
+@pytest.fixture(scope="module")
+def database_url(postgres_server: str) -> str:
+    """A database of this module's own: any meter process on a database delivers its webhooks, so
+    the session's meter (with the day-long default retry schedule) must not share this one's."""
+    url = create_database(postgres_server, f"meter_webhooks_{secrets.token_hex(3)}")
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def ledger(database_url: str) -> Ledger:
+    return Ledger(database_url)
 
 
 @pytest.fixture(scope="module")
