@@ -31,6 +31,7 @@ from meter.console.router import console_router
 from meter.credentials import KeyHasher
 from meter.db import migrate
 from meter.db.engine import create_engine, create_hot_engine
+from meter.db.partitions import keep_partitioned
 from meter.errors import render_error
 from meter.gauges import report_budgets
 from meter.health import health_routes
@@ -173,6 +174,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             asyncio.create_task(parts.gateway.limiter.housekeeping()),
             asyncio.create_task(parts.keys.listen(settings.listen_url(), parts.gateway.limiter.followers())),
             asyncio.create_task(report_budgets(parts.engine, parts.metrics)),
+            asyncio.create_task(keep_partitioned(parts.engine, parts.metrics, settings.ledger_retention_months)),
             asyncio.create_task(parts.billing.run()),
             asyncio.create_task(keep_reconciled(settings, parts.engine, parts.metrics, parts.prices)),
             asyncio.create_task(

@@ -143,6 +143,12 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.ledger_default_partition_rows = Gauge(
+            "meter_ledger_default_partition_rows",
+            "Ledger rows in the default partition: their month had no partition yet (should be 0)",
+            registry=registry,
+            multiprocess_mode="max",
+        )
         self.ledger_written = Counter("meter_ledger_rows_written_total", "Ledger rows written", registry=registry)
         self.ledger_dropped = Counter(
             "meter_ledger_rows_dropped_total", "Ledger rows Postgres refused (must stay 0)", registry=registry

@@ -81,6 +81,9 @@ class Settings:
     # Past this many unwritten rows (Postgres down), new requests are refused with 529 instead of
     # risking unrecorded usage.
     ledger_max_pending: int = 100_000
+    # Months of ledger rows kept before the current one (whole monthly partitions older than that are
+    # dropped, meter/db/partitions.py); None keeps every row forever.
+    ledger_retention_months: int | None = None
     # The ledger's local spool (meter/spool.py): every row and every request start is appended to a
     # file under data_dir/spool before the response completes, so a killed process loses nothing.
     spool: bool = True
@@ -193,6 +196,11 @@ class Settings:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"METER_{name.upper()} must not be negative, got {getattr(self, name)}")
+        if self.ledger_retention_months is not None and self.ledger_retention_months < 1:
+            raise ConfigError(
+                f"METER_LEDGER_RETENTION_MONTHS must be at least 1 (unset it to keep every row), "
+                f"got {self.ledger_retention_months}"
+            )
         if self.console_session_s <= 0:
             raise ConfigError(f"METER_CONSOLE_SESSION_S must be positive, got {self.console_session_s}")
         if self.spool_fsync not in SPOOL_FSYNC:
@@ -290,6 +298,7 @@ ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "max_body_bytes": int,
     "disconnect_drain_s": float,
     "ledger_max_pending": int,
+    "ledger_retention_months": int,
     "spool": _boolean,
     "spool_fsync": str,
     "spool_fsync_interval_ms": float,

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 
 from meter.db.engine import create_engine
 from meter.db.models import metadata
+from meter.db.partitions import is_partition
 
 MIGRATION_LOCK = 7_464_001  # arbitrary, fixed advisory-lock key
 
@@ -32,7 +33,13 @@ def database_url() -> str:
 
 
 def run_migrations(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=metadata, compare_server_default=True)
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        compare_server_default=True,
+        # The ledger's partitions are made at run time (meter/db/partitions.py), not declared.
+        include_name=lambda name, kind, _parents: not (kind == "table" and is_partition(name)),
+    )
     with context.begin_transaction():
         # Held until the migration transaction ends, so a second process waits, then finds head.
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})

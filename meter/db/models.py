@@ -104,6 +104,8 @@ prices = Table(
 TXID = text("(pg_current_xact_id()::text)::bigint")
 
 # The ledger: one row per tenant request that reached authentication, whatever its outcome.
+# Partitioned by the UTC month of started_at (migration 0010, meter/db/partitions.py): its key is
+# (request_id, started_at), and every writer gives a request the same started_at every time.
 usage_events = Table(
     "usage_events",
     metadata,
@@ -141,7 +143,7 @@ usage_events = Table(
     Column("partial", Boolean, nullable=False, server_default="false"),
     Column("stop_reason", Text),
     Column("upstream_request_id", Text),
-    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), primary_key=True),
     Column("finished_at", DateTime(timezone=True), nullable=False),
     Column("duration_ms", Integer, nullable=False),
     Column("ttfb_ms", Integer),
@@ -152,6 +154,7 @@ usage_events = Table(
     Column("seq", BigInteger, Identity(), nullable=False),
     Index("ix_usage_events_tenant_started", "tenant_id", "started_at"),
     Index("ix_usage_events_txid", "txid", "seq"),
+    postgresql_partition_by="RANGE (started_at)",
 )
 
 # Ledger rows Postgres rejected (ledger.py): kept as the spool wrote them, for the operator to fix

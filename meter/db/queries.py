@@ -93,7 +93,7 @@ _WRITE_BATCH = text(
 WITH inserted AS (
     INSERT INTO usage_events ({_names})
     SELECT * FROM unnest({", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _ARRAY_TYPES.items())})
-    ON CONFLICT (request_id) DO NOTHING
+    ON CONFLICT (request_id, started_at) DO NOTHING
     RETURNING *
 ), daily AS (
     INSERT INTO usage_daily AS d (tenant_id, day, key_id, model, requests, {", ".join(_COUNTERS)}, cost_usd,
