@@ -2,20 +2,19 @@
 failures to meter's errors (at this boundary only).
 
 Requests go out on one aiohttp session directly (no httpx Request per call: building one and
-handing its headers over cost more than a tenth of meter's CPU per request); what comes back is an
-httpx Response streaming from aiohttp (httpx_aiohttp's stream, whose errors are httpx's). The
-session keeps no cookies: one jar for every tenant's calls would carry the upstream's cookies from
-one tenant's call to the next (docs/benchmarks.md has the measurements).
+handing its headers over cost more than a tenth of meter's CPU per request), and what comes back is
+read through UpstreamResponse, a thin view of aiohttp's response (an httpx Response around it cost
+another ~5 % in header and stream layers). The session keeps no cookies: one jar for every
+tenant's calls would carry the upstream's cookies from one tenant's call to the next
+(docs/benchmarks.md has the measurements).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import aiohttp
-import httpx
 import yarl
-from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
 from multidict import CIMultiDict
 
 from meter.errors import UpstreamTimeout, UpstreamUnavailable
@@ -60,6 +59,51 @@ NOT_RELAYED_PREFIXES = (b"anthropic-ratelimit-", b"anthropic-priority-")
 
 
 MAX_CACHED_URLS = 1000
+# What aiohttp raises when a connection fails or a read times out (sock_read).
+_TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
+
+
+class UpstreamLost(Exception):
+    """The upstream's answer broke off while it was read: reset, timed out, or badly framed."""
+
+
+class UpstreamResponse:
+    """The upstream's answer, its body not read yet."""
+
+    __slots__ = ("_reply", "status_code")
+
+    def __init__(self, reply: aiohttp.ClientResponse) -> None:
+        self.status_code = reply.status
+        self._reply = reply
+
+    def header(self, name: str) -> str:
+        """The header's value ('' when absent)."""
+        return self._reply.headers.get(name, "")
+
+    @property
+    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]:
+        return self._reply.raw_headers
+
+    async def aread(self) -> bytes:
+        try:
+            return await self._reply.read()
+        except _TRANSPORT_ERRORS as exc:
+            raise UpstreamLost(f"{type(exc).__name__}: {exc}") from exc
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive."""
+        try:
+            async for chunk in self._reply.content.iter_any():
+                yield chunk
+        except _TRANSPORT_ERRORS as exc:
+            raise UpstreamLost(f"{type(exc).__name__}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        """Give the connection back (kept for reuse only if the body was read to its end)."""
+        self._reply.release()
+        await self._reply.wait_for_close()
+
+
 _NO_AUTO_HEADERS = frozenset({"User-Agent", "Accept"})
 
 
@@ -92,7 +136,7 @@ class Upstream:
         headers.append((b"accept-encoding", b"identity"))
         return headers
 
-    async def send(self, call: UpstreamRequest) -> httpx.Response:
+    async def send(self, call: UpstreamRequest) -> UpstreamResponse:
         """Send a request; the response body is left unread, to be streamed by the caller."""
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections)
@@ -100,26 +144,26 @@ class Upstream:
         headers = CIMultiDict((name.decode("latin-1"), value.decode("latin-1")) for name, value in call.headers)
         data = call.stream if call.stream is not None else (call.body or None)
         try:
-            with map_aiohttp_exceptions():
-                reply = await self._session.request(
-                    call.method,
-                    self._url(call.path, call.query),
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                    auto_decompress=False,
-                    timeout=self._timeout,
-                    # Only what the tenant sent (filtered) goes: no User-Agent or Accept of aiohttp's own.
-                    skip_auto_headers=_NO_AUTO_HEADERS,
-                )
-        except httpx.TimeoutException as exc:
-            # httpx-aiohttp maps every aiohttp connection error to a timeout, a reset one included.
-            if isinstance(exc.__cause__, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
-                raise UpstreamUnavailable("The upstream API closed the connection without answering.") from exc
-            raise UpstreamTimeout("The upstream API did not answer in time.") from exc
-        except httpx.HTTPError as exc:
+            reply = await self._session.request(
+                call.method,
+                self._url(call.path, call.query),
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                auto_decompress=False,
+                timeout=self._timeout,
+                # Only what the tenant sent (filtered) goes: no User-Agent or Accept of aiohttp's own.
+                skip_auto_headers=_NO_AUTO_HEADERS,
+            )
+        except aiohttp.ClientConnectorError as exc:  # refused, unresolvable: never reached
             raise UpstreamUnavailable(f"The upstream API could not be reached: {exc.__class__.__name__}.") from exc
-        return httpx.Response(reply.status, headers=reply.raw_headers, stream=AiohttpResponseStream(reply))
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            raise UpstreamUnavailable("The upstream API closed the connection without answering.") from exc
+        except TimeoutError as exc:  # aiohttp's connect and read timeouts are TimeoutErrors too
+            raise UpstreamTimeout("The upstream API did not answer in time.") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"The upstream API could not be reached: {exc.__class__.__name__}.") from exc
+        return UpstreamResponse(reply)
 
     def _url(self, path: str, query: bytes) -> yarl.URL:
         """Parsed once per path and query: nearly every request goes to the same few URLs."""
@@ -136,9 +180,9 @@ class Upstream:
             await self._session.close()
 
 
-def response_headers(upstream: httpx.Response) -> list[tuple[bytes, bytes]]:
-    """The upstream's headers as the tenant gets them."""
-    raw = [(name.lower(), value) for name, value in upstream.headers.raw]
+def response_headers(upstream_headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The upstream's headers (as received) as the tenant gets them."""
+    raw = [(name.lower(), value) for name, value in upstream_headers]
     dropped = NOT_RELAYED | _nominated(raw)
     return [(name, value) for name, value in raw if name not in dropped and not name.startswith(NOT_RELAYED_PREFIXES)]
 

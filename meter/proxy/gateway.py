@@ -176,8 +176,8 @@ class Gateway:
             exchange.upstream_error = "unreachable"
             raise
         exchange.status = upstream.status_code
-        exchange.upstream_request_id = upstream.headers.get("request-id")
-        is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+        exchange.upstream_request_id = upstream.header("request-id") or None
+        is_sse = upstream.header("content-type").startswith("text/event-stream")
         # An event stream is metered as one, whatever the request said.
         if upstream.status_code == 200 and is_sse:
             exchange.stream = True

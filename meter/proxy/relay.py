@@ -13,16 +13,26 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 import msgspec
 
+from meter.errors import UpstreamUnavailable
 from meter.proxy.exchange import Exchange
-from meter.proxy.forward import response_headers
+from meter.proxy.forward import UpstreamLost, UpstreamResponse, response_headers
 from meter.proxy.gate import DrainPermit
 from meter.proxy.handler import Answer, StreamTranslator
 from meter.proxy.stream_usage import StreamUsageReader
 
-_decode = msgspec.json.decode
+
+class _AnswerFields(msgspec.Struct):
+    """What meter reads of a JSON answer; the rest (the content) is skipped, not built."""
+
+    usage: Any = None
+    stop_reason: Any = None
+    model: Any = None
+    error: Any = None
+
+
+_decode = msgspec.json.Decoder(_AnswerFields).decode
 UPSTREAM_LOST = "The upstream connection was lost mid-stream."
 UPSTREAM_LOST_FRAME = (
     b'event: error\ndata: {"type":"error","error":{"type":"api_error","message":"' + UPSTREAM_LOST.encode() + b'"}}\n\n'
@@ -30,9 +40,9 @@ UPSTREAM_LOST_FRAME = (
 
 
 def _start(
-    exchange: Exchange, upstream: httpx.Response, status: int | None = None, length: int | None = None
+    exchange: Exchange, upstream: UpstreamResponse, status: int | None = None, length: int | None = None
 ) -> dict[str, Any]:
-    headers = response_headers(upstream)
+    headers = response_headers(upstream.raw_headers)
     headers.extend(exchange.response_headers)
     headers.append((b"x-meter-request-id", exchange.request_id.encode()))
     if length is not None:
@@ -42,7 +52,7 @@ def _start(
 
 async def relay_whole(
     exchange: Exchange,
-    upstream: httpx.Response,
+    upstream: UpstreamResponse,
     send: Any,
     rewrite: Callable[[int, bytes], Awaitable[tuple[int, bytes]]],
 ) -> None:
@@ -50,6 +60,9 @@ async def relay_whole(
     hidden models); usage is read from the upstream's own body."""
     try:
         body = await upstream.aread()
+    except UpstreamLost as exc:
+        exchange.upstream_error = "upstream_disconnected"
+        raise UpstreamUnavailable("The upstream API connection was lost before its answer was complete.") from exc
     finally:
         await upstream.aclose()
     status, answer = await rewrite(upstream.status_code, body)
@@ -64,7 +77,7 @@ async def relay_whole(
     await send({"type": "http.response.body", "body": answer})
 
 
-async def relay_raw(exchange: Exchange, upstream: httpx.Response, send: Any) -> None:
+async def relay_raw(exchange: Exchange, upstream: UpstreamResponse, send: Any) -> None:
     """Stream an answer through untouched, chunk by chunk (results files, downloads): never held whole."""
     try:
         await send(_start(exchange, upstream))
@@ -72,7 +85,7 @@ async def relay_raw(exchange: Exchange, upstream: httpx.Response, send: Any) -> 
             exchange.first_byte()
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
-    except httpx.HTTPError:
+    except UpstreamLost:
         exchange.error_type = exchange.upstream_error = "upstream_disconnected"
     finally:
         await upstream.aclose()
@@ -96,24 +109,21 @@ async def send_answer(exchange: Exchange, answer: Answer, send: Any) -> None:
 def _read_json_answer(exchange: Exchange, status: int, body: bytes) -> None:
     try:
         answer = _decode(body)
-    except msgspec.DecodeError:
-        return
-    if not isinstance(answer, dict):
+    except msgspec.DecodeError:  # not JSON, or not an object
         return
     if status == 200:
-        exchange.usage.update(answer.get("usage"))
-        exchange.stop_reason = answer.get("stop_reason")
-        model = answer.get("model")
-        exchange.response_model = model if isinstance(model, str) else None
+        exchange.usage.update(answer.usage)
+        exchange.stop_reason = answer.stop_reason
+        exchange.response_model = answer.model if isinstance(answer.model, str) else None
     else:
-        error = answer.get("error")
+        error = answer.error
         if isinstance(error, dict) and isinstance(error.get("type"), str):
             exchange.error_type = error["type"]
 
 
 async def relay_stream(
     exchange: Exchange,
-    upstream: httpx.Response,
+    upstream: UpstreamResponse,
     receive: Any,
     send: Any,
     drain_s: float,
@@ -150,7 +160,7 @@ async def relay_stream(
                         start_drain_deadline(None)
     except TimeoutError:
         exchange.error_type = "client_disconnected"
-    except httpx.HTTPError:
+    except UpstreamLost:
         exchange.error_type = "upstream_disconnected"
         if not client_gone.is_set():
             lost = translator.fail(UPSTREAM_LOST) if translator is not None else UPSTREAM_LOST_FRAME

@@ -4,7 +4,8 @@ shapes one reply's length, usage, timing and failure mode.
 Reply shape and timing:
 - `x-demo-output-tokens: N`: reply length (default: the config's);
 - `x-demo-latency-ms`, `x-demo-tokens-per-second`: time to first byte, pace of a stream;
-- `x-demo-error: 429|529|500|midstream|drop`: a failure;
+- `x-demo-error: 429|529|500|midstream|drop|truncate`: a failure (`truncate`: a JSON reply's
+  headers and half its body, then the connection cut);
 - `x-demo-split: SEED` (streams): the bytes written in seeded pseudo-random pieces of 1..64 bytes,
   cutting events anywhere (default: one write per event).
 Usage (usage.py says where each field appears):
@@ -60,7 +61,8 @@ NAMES = (
 )
 # Values of `x-demo-error`. The numeric ones answer before any byte of the reply;
 # `midstream` and `drop` fail a stream after message_start and a few deltas.
-FAILURES = frozenset({"429", "529", "500", "midstream", "drop"})
+# `truncate` cuts a JSON reply in the middle of its body (a stream: as `drop`).
+FAILURES = frozenset({"429", "529", "500", "midstream", "drop", "truncate"})
 SERVICE_TIERS = ("standard", "priority", "batch")
 SPEEDS = ("standard", "fast")
 ITERATIONS = ("compaction",)

@@ -139,7 +139,10 @@ class DemoUpstream:
             return await self._stream(request, request_id, model, reply, usage, controls)
         if controls.failure == "drop":
             return _drop(request)
-        return json_response(wire.message_body(wire.new_message_id(), model, reply, usage), request_id)
+        answer = json_response(wire.message_body(wire.new_message_id(), model, reply, usage), request_id)
+        if controls.failure == "truncate":
+            return await _truncate(request, answer)
+        return answer
 
     async def _stream(
         self,
@@ -159,7 +162,7 @@ class DemoUpstream:
         await write_frames(
             response, frames, controls.tokens_per_second, self.config.ping_interval_s, controls.split_seed, error
         )
-        if controls.failure == "drop":
+        if controls.failure in ("drop", "truncate"):
             return _drop(request, response)
         await response.write_eof()
         return response
@@ -314,6 +317,16 @@ def _drop(request: web.Request, response: web.StreamResponse | None = None) -> w
     if request.transport is not None:
         request.transport.abort()
     return response if response is not None else web.Response()
+
+
+async def _truncate(request: web.Request, answer: web.Response) -> web.StreamResponse:
+    """Send `answer`'s headers (its full content-length) and half its body, then cut the connection."""
+    body = answer.body if isinstance(answer.body, bytes) else b""
+    response = web.StreamResponse(status=answer.status, headers=answer.headers)
+    response.content_length = len(body)
+    await response.prepare(request)
+    await response.write(body[: len(body) // 2])
+    return _drop(request, response)
 
 
 def create_demo_app(config: DemoConfig) -> web.Application:

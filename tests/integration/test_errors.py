@@ -94,6 +94,21 @@ def test_dropped_upstream_stream_ends_with_error_frame(
     assert row["output_tokens"] >= 2
 
 
+@pytest.mark.parametrize("failure", ["drop", "truncate"])
+def test_a_json_answer_the_upstream_cuts_off_is_a_502_and_a_row(
+    meter: Process, tenant_key: dict[str, Any], ledger: Ledger, failure: str
+) -> None:
+    """No answer at all, or half of one: the tenant gets meter's 502 api_error, never a 500."""
+    response = httpx.post(
+        meter.base_url + "/v1/messages", json=BODY, headers=headers(tenant_key, **{"x-demo-error": failure}), timeout=30
+    )
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert error["type"] == "api_error" and "upstream API" in error["message"]
+    row = ledger.row(response.headers["x-meter-request-id"])
+    assert (row["status"], row["error_type"]) == (502, "api_error")
+
+
 def test_client_disconnect_mid_stream_still_records_final_usage(
     meter: Process, tenant_key: dict[str, Any], ledger: Ledger
 ) -> None:
