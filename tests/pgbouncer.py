@@ -7,6 +7,7 @@ started as another user (`_unprivileged_user`), in a directory that user owns.""
 
 from __future__ import annotations
 
+import configparser
 import os
 import pwd
 import shutil
@@ -33,6 +34,16 @@ def binary() -> str:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+SHIPPED = Path(__file__).parent.parent / "deploy" / "pgbouncer" / "pgbouncer.ini"
+
+
+def shipped_settings() -> dict[str, str]:
+    """The [pgbouncer] section of the example shipped in deploy/."""
+    parser = configparser.ConfigParser(comment_prefixes=(";",), interpolation=None)
+    parser.read(SHIPPED)
+    return dict(parser["pgbouncer"])
 
 
 @dataclass(frozen=True)
@@ -67,25 +78,21 @@ class PgBouncer:
             f"{alias} = host={host} port={port} dbname={pool.database} pool_mode={pool.mode} pool_size={pool.size}"
             for alias, pool in pools.items()
         ]
-        # No ignore_startup_parameters and no track_extra_parameters: meter must need neither.
+        # The shipped example's settings (deploy/pgbouncer/pgbouncer.ini: transaction mode, no
+        # ignore_startup_parameters, which meter must not need), with this test's addresses and files.
+        settings = {
+            **shipped_settings(),
+            "listen_addr": ",".join(listen),
+            "listen_port": str(self.port),
+            "unix_socket_dir": "",
+            "auth_type": "md5" if self.password else "trust",
+            "auth_file": str(self.directory / "users.txt"),
+            "admin_users": self.user,
+            "logfile": str(self.directory / "pgbouncer.log"),
+            "pidfile": str(self.directory / "pgbouncer.pid"),
+        }
         (self.directory / "pgbouncer.ini").write_text(
-            "\n".join(
-                [
-                    "[databases]",
-                    *entries,
-                    "[pgbouncer]",
-                    f"listen_addr = {','.join(listen)}",
-                    f"listen_port = {self.port}",
-                    "unix_socket_dir =",
-                    f"auth_type = {'md5' if self.password else 'trust'}",
-                    f"auth_file = {self.directory / 'users.txt'}",
-                    f"admin_users = {self.user}",
-                    "max_client_conn = 1000",
-                    f"logfile = {self.directory / 'pgbouncer.log'}",
-                    f"pidfile = {self.directory / 'pgbouncer.pid'}",
-                    "",
-                ]
-            )
+            "\n".join(["[databases]", *entries, "[pgbouncer]", *(f"{k} = {v}" for k, v in settings.items()), ""])
         )
         (self.directory / "users.txt").write_text(f'"{self.user}" "{self.password}"\n')
         command = [self.binary, str(self.directory / "pgbouncer.ini")]
