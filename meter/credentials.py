@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import os
 import secrets
+import threading
 import time
 
 KEY_PREFIX = "sk-meter-"
@@ -58,4 +60,30 @@ def new_id(kind: str) -> str:
     Time-ordered ids keep the ledger's primary key index append-mostly and make
     `after=<id>` cursor pagination a plain comparison.
     """
-    return f"{kind}_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(8)}"
+    return f"{kind}_{time.time_ns() // 1_000_000:012x}{_random_hex16()}"
+
+
+class _RandomHex:
+    """16 hex digits of os.urandom at a time, drawn from 4 KiB read at once: one system call per
+    512 ids instead of one per id (a request id is made for every request). Reset in a forked
+    child, which must not hand out its parent's bytes again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool = ""
+        self._at = 0
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._at >= len(self._pool):
+                self._pool, self._at = os.urandom(4096).hex(), 0
+            self._at += 16
+            return self._pool[self._at - 16 : self._at]
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()
+        self._pool, self._at = "", 0
+
+
+_random_hex16 = _RandomHex()
+os.register_at_fork(after_in_child=_random_hex16.reset)

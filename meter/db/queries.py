@@ -124,11 +124,10 @@ async def write_ledger_batch(
     conn: AsyncConnection, rows: Sequence[LedgerRow], settlements: Sequence[Settlement]
 ) -> None:
     """Write ledger rows, their rollups and their settlements (see _WRITE_BATCH)."""
+    by_column = zip(*map(msgspec.structs.astuple, rows), strict=True) if rows else ([] for _ in LEDGER_FIELDS)
     columns: dict[str, Any] = {
-        name: [_json(getattr(row, name)) for row in rows]
-        if name in JSON_FIELDS
-        else [getattr(row, name) for row in rows]
-        for name in LEDGER_FIELDS
+        name: [_json(value) for value in values] if name in JSON_FIELDS else list(values)
+        for name, values in zip(LEDGER_FIELDS, by_column, strict=True)
     }
     await conn.execute(_WRITE_BATCH, {**columns, "settlements": msgspec.json.encode(settlements).decode()})
 

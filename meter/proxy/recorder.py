@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import timedelta
 from decimal import Decimal
-
-import msgspec
 
 from meter.db.rows import LedgerRow, Settlement, billed_columns, stored_text
 from meter.ledger import LedgerWriter
@@ -32,7 +31,7 @@ class Recorder:
         exchange.estimate = estimate
         _complete(exchange, estimate)
         cost = self._cost(exchange, estimate)
-        row = msgspec.structs.replace(_row(exchange, 0.0, estimate, cost), partial=True, error_type="interrupted")
+        row = _row(exchange, 0.0, estimate, cost, interrupted=True)
         return self.ledger.record_start(row, self._settlement(exchange, estimate, cost))
 
     def record(self, exchange: Exchange) -> None:
@@ -49,7 +48,8 @@ class Recorder:
         if exchange.hold is not None:
             exchange.hold.end(usage.total_tokens, None if cost is None else cost.total)
         self.ledger.record(_row(exchange, duration, usage, cost), self._settlement(exchange, usage, cost))
-        self._observe(exchange, duration, None if cost is None else cost.total)
+        # Metrics after the answer's last bytes are sent (the caller sends them next), not before.
+        asyncio.get_running_loop().call_soon(self._observe, exchange, duration, None if cost is None else cost.total)
 
     def _settlement(self, exchange: Exchange, usage: Usage, cost: Cost | None) -> Settlement | None:
         hold = exchange.hold
@@ -101,7 +101,8 @@ def _complete(exchange: Exchange, usage: Usage) -> None:
         usage.inference_geo = shape.inference_geo
 
 
-def _row(exchange: Exchange, duration: float, usage: Usage, cost: Cost | None) -> LedgerRow:
+def _row(exchange: Exchange, duration: float, usage: Usage, cost: Cost | None, interrupted: bool = False) -> LedgerRow:
+    """The exchange's ledger row; `interrupted`: the row it gets if meter dies before it ends."""
     return LedgerRow(
         request_id=exchange.request_id,
         tenant_id=exchange.caller.tenant_id,
@@ -110,10 +111,10 @@ def _row(exchange: Exchange, duration: float, usage: Usage, cost: Cost | None) -
         endpoint=exchange.endpoint,
         stream=exchange.stream,
         status=exchange.status,
-        error_type=stored_text(exchange.error_type),
+        error_type="interrupted" if interrupted else stored_text(exchange.error_type),
         **billed_columns(usage, cost),
         response_model=stored_text(exchange.response_model),
-        partial=exchange.partial,
+        partial=interrupted or exchange.partial,
         stop_reason=stored_text(exchange.stop_reason),
         upstream_request_id=stored_text(exchange.upstream_request_id),
         started_at=exchange.started_at,
