@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from litestar import asgi
 from litestar.handlers import ASGIRouteHandler
@@ -52,6 +53,8 @@ UPSTREAM_ERROR_TYPES = (
     "other",
 )
 AUTH_FAILURES = ("authentication_error", "permission_error", "rate_limit_error")
+# Label children remembered by Metrics.child.
+MAX_CHILDREN = 10_000
 ROUND_TRIP_PURPOSES = ("key_lookup", "reserve", "lease", "lease_return", "ledger_batch")
 # What became of one webhook delivery attempt: delivered (2xx), failed (retried later), or failed for
 # the last time (the delivery is given up).
@@ -67,6 +70,7 @@ class Metrics:
         self.registry = registry
         self.max_tenant_labels = max_tenant_labels
         self._tenant_labels: set[str] = set()
+        self._children: dict[tuple[Any, tuple[str | None, ...]], Any] = {}
         self.requests = Counter(
             "meter_requests_total",
             "Tenant requests by outcome",
@@ -257,6 +261,18 @@ class Metrics:
 
     def upstream_error(self, kind: str) -> None:
         self.upstream_errors.labels(kind if kind in UPSTREAM_ERROR_TYPES else "other").inc()
+
+    def child(self, metric: Any, *values: str | None) -> Any:
+        """`metric.labels(*values)`, remembered: prometheus-client checks and locks on every
+        labels() call, and the recorder makes several per request. Forgetting a child loses nothing
+        (the metric keeps it); the memory is bounded by clearing it."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            if len(self._children) >= MAX_CHILDREN:
+                self._children.clear()
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def tenant_label(self, tenant_id: str) -> str:
         if tenant_id in self._tenant_labels:

@@ -65,10 +65,10 @@ class Recorder:
         m = self._metrics
         tenant = m.tenant_label(exchange.caller.tenant_id)
         model = exchange.model if self.prices.knows(exchange.model) else "other"
-        m.requests.labels(tenant, model, exchange.endpoint, str(exchange.status)).inc()
-        m.duration.labels(exchange.endpoint, "true" if exchange.stream else "false").observe(duration)
+        m.child(m.requests, tenant, model, exchange.endpoint, str(exchange.status)).inc()
+        m.child(m.duration, exchange.endpoint, "true" if exchange.stream else "false").observe(duration)
         if exchange.stream and exchange.ttfb_s is not None:
-            m.ttft.labels(model).observe(exchange.ttfb_s)
+            m.child(m.ttft, model).observe(exchange.ttfb_s)
         usage = exchange.usage
         five_minute, one_hour = usage.cache_write_split()
         for kind, count in (
@@ -79,13 +79,13 @@ class Recorder:
             ("cache_read", usage.cache_read_input_tokens),
         ):
             if count:
-                m.tokens.labels(tenant, model, kind).inc(count)
+                m.child(m.tokens, tenant, model, kind).inc(count)
         if exchange.upstream_error:
             m.upstream_error(exchange.upstream_error)
         if cost is None:
-            m.unpriced.labels(model).inc()
+            m.child(m.unpriced, model).inc()
         elif cost:
-            m.cost.labels(tenant, model).inc(float(cost))
+            m.child(m.cost, tenant, model).inc(float(cost))
 
 
 def _complete(exchange: Exchange, usage: Usage) -> None:
