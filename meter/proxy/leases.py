@@ -57,6 +57,7 @@ SLOTS_PER_SLICE = 8
 IDLE_S = 2.0
 # Refill in the background once any dimension falls below this share of what was last granted.
 REFILL_BELOW = 0.25
+_REFILL_BELOW_USD = Decimal(REFILL_BELOW)
 # How long a refused request waits for other processes to give back what their leases hold unused
 # (a NOTIFY and one statement each: milliseconds), polling so often; past it, the refusal stands.
 RECLAIM_WAIT_S = 0.15
@@ -132,7 +133,7 @@ class Lease:
         g = self.granted
         return (
             self.tokens < g.tokens * REFILL_BELOW
-            or self.usd < g.usd * Decimal(REFILL_BELOW)
+            or self.usd < g.usd * _REFILL_BELOW_USD
             or self.requests < g.requests * REFILL_BELOW
             or self.slots < g.slots * REFILL_BELOW
         )
