@@ -3,6 +3,7 @@ filled in stage by stage) and the Hold (the limit reservation it carries until i
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,8 +27,9 @@ class Hold:
     day: str
     month: str
     lease: bool = False
-    # Gives the unused part of the request's bound back to the lease (proxy/leases.py).
-    finish: Callable[[int, Decimal], None] | None = None
+    # Gives the unused part of the request's bound back to the lease (proxy/leases.py); near a
+    # limit's end, also to Postgres (the task it returns).
+    finish: Callable[[int, Decimal], asyncio.Task[None] | None] | None = None
 
     def settlement(self, tokens: int, usd: Decimal | None) -> Settlement:
         """The settlement a ledger row of this much usage carries (the request's last, or the one
@@ -43,10 +45,10 @@ class Hold:
             lease=self.lease,
         )
 
-    def end(self, tokens: int, usd: Decimal | None) -> None:
-        """The request is over, having used this much: a lease has the rest of its bound back."""
-        if self.finish is not None:
-            self.finish(tokens, usd or Decimal(0))
+    def end(self, tokens: int, usd: Decimal | None) -> asyncio.Task[None] | None:
+        """The request is over, having used this much: a lease has the rest of its bound back (and
+        Postgres too, by the task returned, near a limit's end)."""
+        return self.finish(tokens, usd or Decimal(0)) if self.finish is not None else None
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ class Exchange:
     # Set by the limits stage: the reservation to settle, and the rate-limit headers to return.
     hold: Hold | None = None
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # The hold's rest on its way back to Postgres (Hold.end), awaited before the answer completes.
+    giving_back: asyncio.Task[None] | None = None
     # What went wrong upstream, if anything did: counted in meter_upstream_errors_total.
     upstream_error: str | None = None
     # The usage a request is billed at if it never learns its own (recorder.py): set when forwarded.

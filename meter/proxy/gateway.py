@@ -34,6 +34,8 @@ from meter.proxy.relay import relay_raw, relay_stream, relay_whole, send_answer
 from meter.proxy.request import read_body, spool_body
 
 log = logging.getLogger("meter.proxy")
+# The longest an answer waits for its hold's rest to be back in Postgres (exact mode, leases.py).
+GIVE_BACK_WAIT_S = 2.0
 
 
 class Gateway:
@@ -99,6 +101,10 @@ class Gateway:
             started = True
             if message["type"] == "http.response.body" and not message.get("more_body"):
                 record()  # spooled before the response completes: a kill after it loses nothing
+                if exchange.giving_back is not None:
+                    # Near a limit's end the rest of this request's bound goes back to Postgres
+                    # before the answer completes: the caller's next request, on any process, finds it.
+                    await asyncio.wait([exchange.giving_back], timeout=GIVE_BACK_WAIT_S)
             await send(message)
 
         self._metrics.in_flight.inc()

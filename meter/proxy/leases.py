@@ -57,6 +57,9 @@ SLOTS_PER_SLICE = 8
 IDLE_S = 2.0
 # Refill in the background once any dimension falls below this share of what was last granted.
 REFILL_BELOW = 0.25
+# What a request calls when it ends, with what it used: a lease in exact mode returns the task
+# giving the rest back to Postgres.
+Finish = Callable[[int, Decimal], "asyncio.Task[None] | None"]
 _REFILL_BELOW_USD = Decimal(REFILL_BELOW)
 # How long a refused request waits for other processes to give back what their leases hold unused
 # (a NOTIFY and one statement each: milliseconds), polling so often; past it, the refusal stands.
@@ -176,7 +179,7 @@ class LeaseBook:
         # Subject sets whose headroom ran out lately: leased request by request until then.
         self._exact_until: dict[tuple[str, ...], float] = {}
 
-    async def take(self, subjects: tuple[str, ...], need: Need) -> tuple[Lease, Callable[[int, Decimal], None]]:
+    async def take(self, subjects: tuple[str, ...], need: Need) -> tuple[Lease, Finish]:
         """Take `need` from the subjects' lease (refilling it if it cannot cover it); Refused if the
         headroom, everywhere, is not there. Returns the lease and what to call when the request ends."""
         lease = self._leases.get(subjects)
@@ -188,18 +191,30 @@ class LeaseBook:
         if lease is None:
             lease = self._leases[subjects] = Lease(f"lease_{self._owner}_{secrets.token_hex(4)}", subjects)
         if not lease.covers(need):
+            refused = None
             async with lease.lock:
                 if not lease.covers(need):
-                    await self._refill_for(lease, need)
+                    try:
+                        await self._refill_for(lease, need)
+                    except Refused as exc:
+                        refused = exc
+            if refused is not None:
+                # Nothing stays in this lease while it refuses: before the refusal is answered, what it
+                # holds goes back, so the caller's next request, on any process, can have it.
+                await self._quietly(self.give_back(lease))
+                raise refused
         lease.take(need)
         if lease.low() and not lease.lock.locked() and not self._exact(subjects):
             self._spawn(self._refill_ahead(lease, need))
 
-        def finish(tokens: int, usd: Decimal) -> None:
+        def finish(tokens: int, usd: Decimal) -> asyncio.Task[None] | None:
             lease.finish(need, tokens, usd)
             if self._exact(subjects):
-                # Request by request: what this one did not use goes back at once.
-                self._spawn(self._quietly(self.give_back(lease)))
+                # Request by request: what this one did not use goes back at once; the gateway
+                # waits for it before the answer completes, so the caller's next request, on any
+                # process, finds it in Postgres rather than in this lease.
+                return self._spawn(self._quietly(self.give_back(lease)))
+            return None
 
         return lease, finish
 
@@ -359,10 +374,11 @@ class LeaseBook:
                 payload = reclaim_payload(subjects, self._owner)
                 await conn.execute(_NOTIFY, {"channel": RECLAIM_CHANNEL, "payload": payload})
 
-    def _spawn(self, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(work)
+    def _spawn(self, work: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _quietly(self, work: Any) -> None:
         try:

@@ -46,7 +46,7 @@ class Recorder:
         _complete(exchange, usage)
         cost = self._cost(exchange, usage)
         if exchange.hold is not None:
-            exchange.hold.end(usage.total_tokens, None if cost is None else cost.total)
+            exchange.giving_back = exchange.hold.end(usage.total_tokens, None if cost is None else cost.total)
         self.ledger.record(_row(exchange, duration, usage, cost), self._settlement(exchange, usage, cost))
         # Metrics after the answer's last bytes are sent (the caller sends them next), not before.
         asyncio.get_running_loop().call_soon(self._observe, exchange, duration, None if cost is None else cost.total)
