@@ -68,10 +68,8 @@ async def maintain(engine: AsyncEngine, today: date, retention_months: int | Non
     created = []
     month = periods.month_start(today)
     for _ in range(AHEAD_MONTHS + 1):
-        async with engine.begin() as conn:
-            await conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-            if (await conn.execute(text("SELECT meter_ledger_partition(:month)"), {"month": month})).scalar_one():
-                created.append(f"usage_events_{month:%Y_%m}")
+        if await _ddl(engine, "SELECT meter_ledger_partition(:month)", month=month):
+            created.append(f"usage_events_{month:%Y_%m}")
         month = periods.next_month(month)
     dropped = []
     async with engine.connect() as conn:
@@ -81,13 +79,19 @@ async def maintain(engine: AsyncEngine, today: date, retention_months: int | Non
         for table in sorted(tables):
             held = month_of(table)
             if held is not None and held < keep_from:
-                async with engine.begin() as conn:
-                    await conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-                    await conn.execute(text(f'DROP TABLE IF EXISTS "{table}"'))
+                await _ddl(engine, f'DROP TABLE IF EXISTS "{table}"')
                 dropped.append(table)
     async with engine.connect() as conn:
         default_rows = (await conn.execute(text(f"SELECT count(*) FROM {DEFAULT}"))).scalar_one()
     return Maintenance(created, dropped, default_rows)
+
+
+async def _ddl(engine: AsyncEngine, statement: str, **parameters: object) -> object:
+    """One statement in a transaction of its own, waiting at most LOCK_TIMEOUT for its locks."""
+    async with engine.begin() as conn:
+        await conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+        result = await conn.execute(text(statement), parameters)
+        return result.scalar() if result.returns_rows else None
 
 
 async def keep_partitioned(engine: AsyncEngine, metrics: Metrics, retention_months: int | None) -> None:
