@@ -182,26 +182,8 @@ def worst_case(
     return WorstCase(tokens, token_usd * _dearest_multiplier(price, shape) + fees)
 
 
-# (id(price), geo, tier, speed) -> (price, product): prices are replaced, never changed, and
-# keeping the price in the value keeps its id from being reused while the entry lives.
-_MULTIPLIERS: dict[tuple[int, str | None, str | None, str | None], tuple[Price, Decimal]] = {}
-
-
 def _dearest_multiplier(price: Price, shape: RequestShape) -> Decimal:
-    """The largest product of multipliers the call may be billed with (module docstring), remembered
-    per price and asked-for geo, tier and speed."""
-    key = (id(price), shape.inference_geo, shape.service_tier, shape.speed)
-    known = _MULTIPLIERS.get(key)
-    if known is not None and known[0] is price:
-        return known[1]
-    if len(_MULTIPLIERS) > 10_000:
-        _MULTIPLIERS.clear()
-    product = _multiplier_product(price, shape)
-    _MULTIPLIERS[key] = (price, product)
-    return product
-
-
-def _multiplier_product(price: Price, shape: RequestShape) -> Decimal:
+    """The largest product of multipliers the call may be billed with (module docstring)."""
     product = Decimal(1)
     for name in MULTIPLIED_BY:
         factors = price.multipliers.get(name, {})
