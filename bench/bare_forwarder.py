@@ -1,6 +1,7 @@
 """The floor meter is measured against: a raw ASGI app that forwards POST /v1/messages with one
 aiohttp session and the operator key, served by the same uvicorn settings as meter (uvloop,
-httptools, no access log). No auth, no limits, no metering, no metrics.
+httptools, no access log, no proxy-headers middleware, no Server or Date header). No auth, no
+limits, no metering, no metrics.
 
     python -m bench.bare_forwarder --port 8200 --upstream http://127.0.0.1:8100 --api-key sk-…
 """
@@ -62,7 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     app = forwarder(args.upstream.rstrip("/"), args.api_key)
     uvicorn.run(app, host="127.0.0.1", port=args.port, loop="uvloop", http="httptools", access_log=False,
-                log_level="warning", lifespan="on")  # fmt: skip
+                log_level="warning", lifespan="on", proxy_headers=False, server_header=False,
+                date_header=False)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ uvicorn bounds the idle time between requests (keep-alive) but not the time a cl
 headers, nor their size, so one slow client per connection could hold connections forever. This
 protocol class is passed to uvicorn as `http=`; the rest of the request (body deadlines and caps,
 per-tenant admission) is the gateway's (proxy/request.py, proxy/gate.py).
+
+It also sends what a response writes in one turn of the event loop as one write: uvicorn writes a
+response's head and its body separately, a system call and a TCP segment each.
 """
 
 from __future__ import annotations
@@ -17,6 +20,41 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from meter.settings import Settings
+
+
+class CoalescedWrites:
+    """The connection as a request's response cycle sees it: its writes are held until the event
+    loop's next turn and go out as one (or at once, before a close)."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(data)
+
+    def flush(self) -> None:
+        if not self._held:
+            return
+        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held = []
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -38,6 +76,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # Everything written to the connection goes through it, uvicorn's writes and closes too.
+        self.transport = CoalescedWrites(transport, self.loop)  # type: ignore[assignment]
         self._await_headers()
 
     def connection_lost(self, exc: Exception | None) -> None:
