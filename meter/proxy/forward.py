@@ -1,23 +1,16 @@
-"""The upstream client: one shared connection pool, header rewriting, and mapping of transport
-failures to meter's errors (at this boundary only).
+"""The upstream client: one shared connection pool (meter's own HTTP/1.1 client, http1.py), header
+rewriting, and mapping of transport failures to meter's errors (at this boundary only).
 
-Requests go out on one aiohttp session directly (no httpx Request per call: building one and
-handing its headers over cost more than a tenth of meter's CPU per request), and what comes back is
-read through UpstreamResponse, a thin view of aiohttp's response (an httpx Response around it cost
-another ~5 % in header and stream layers). The session keeps no cookies: one jar for every
-tenant's calls would carry the upstream's cookies from one tenant's call to the next
-(docs/benchmarks.md has the measurements).
+Nothing is kept between calls but connections: no cookies (one jar for every tenant's calls would
+carry the upstream's cookies from one tenant's call to the next), no redirects followed.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 
-import aiohttp
-import yarl
-from multidict import CIMultiDict
-
 from meter.errors import UpstreamTimeout, UpstreamUnavailable
+from meter.proxy import http1
 from meter.proxy.handler import UpstreamRequest
 
 # Never forwarded in either direction: hop-by-hop headers (RFC 9110 7.6.1), and any header the
@@ -58,9 +51,8 @@ NOT_RELAYED = HOP_BY_HOP | {b"set-cookie", b"anthropic-organization-id"}
 NOT_RELAYED_PREFIXES = (b"anthropic-ratelimit-", b"anthropic-priority-")
 
 
-MAX_CACHED_URLS = 1000
-# What aiohttp raises when a connection fails or a read times out (sock_read).
-_TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
+# What reading an answer's body can raise.
+_READ_ERRORS = (http1.BrokenAnswer, TimeoutError, OSError)
 
 
 class UpstreamLost(Exception):
@@ -70,41 +62,37 @@ class UpstreamLost(Exception):
 class UpstreamResponse:
     """The upstream's answer, its body not read yet."""
 
-    __slots__ = ("_reply", "status_code")
+    __slots__ = ("_answer", "status_code")
 
-    def __init__(self, reply: aiohttp.ClientResponse) -> None:
-        self.status_code = reply.status
-        self._reply = reply
+    def __init__(self, answer: http1.Answer) -> None:
+        self.status_code = answer.status
+        self._answer = answer
 
     def header(self, name: str) -> str:
-        """The header's value ('' when absent)."""
-        return self._reply.headers.get(name, "")
+        """The header's value ('' when absent); `name` in lower case."""
+        return self._answer.header(name)
 
     @property
     def raw_headers(self) -> Sequence[tuple[bytes, bytes]]:
-        return self._reply.raw_headers
+        return self._answer.raw_headers
 
     async def aread(self) -> bytes:
         try:
-            return await self._reply.read()
-        except _TRANSPORT_ERRORS as exc:
+            return await self._answer.read()
+        except _READ_ERRORS as exc:
             raise UpstreamLost(f"{type(exc).__name__}: {exc}") from exc
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         """The body's bytes as they arrive."""
         try:
-            async for chunk in self._reply.content.iter_any():
+            async for chunk in self._answer.chunks():
                 yield chunk
-        except _TRANSPORT_ERRORS as exc:
+        except _READ_ERRORS as exc:
             raise UpstreamLost(f"{type(exc).__name__}: {exc}") from exc
 
     async def aclose(self) -> None:
         """Give the connection back (kept for reuse only if the body was read to its end)."""
-        self._reply.release()
-        await self._reply.wait_for_close()
-
-
-_NO_AUTO_HEADERS = frozenset({"User-Agent", "Accept"})
+        self._answer.release()
 
 
 class Upstream:
@@ -119,10 +107,9 @@ class Upstream:
         self._base_url = base_url.rstrip("/")
         self._auth = [(b"x-api-key", api_key.encode())] if api_key else []
         self._max_connections = max_connections
-        self._timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout_s, sock_read=read_timeout_s,
-                                              connect=connect_timeout_s)  # fmt: skip
-        self._session: aiohttp.ClientSession | None = None
-        self._urls: dict[tuple[str, bytes], yarl.URL] = {}
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._pool: http1.Pool | None = None
 
     def request_headers(self, incoming: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The tenant's headers as the upstream gets them (names arrive lower-cased from the server)."""
@@ -138,46 +125,23 @@ class Upstream:
 
     async def send(self, call: UpstreamRequest) -> UpstreamResponse:
         """Send a request; the response body is left unread, to be streamed by the caller."""
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections)
-            self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
-        headers = CIMultiDict((name.decode("latin-1"), value.decode("latin-1")) for name, value in call.headers)
-        data = call.stream if call.stream is not None else (call.body or None)
+        if self._pool is None:
+            self._pool = http1.Pool(self._base_url, self._max_connections, self._connect_timeout_s)
+        target = call.path + ("?" + call.query.decode("latin-1") if call.query else "")
+        body = call.stream if call.stream is not None else call.body
         try:
-            reply = await self._session.request(
-                call.method,
-                self._url(call.path, call.query),
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                auto_decompress=False,
-                timeout=self._timeout,
-                # Only what the tenant sent (filtered) goes: no User-Agent or Accept of aiohttp's own.
-                skip_auto_headers=_NO_AUTO_HEADERS,
-            )
-        except aiohttp.ClientConnectorError as exc:  # refused, unresolvable: never reached
-            raise UpstreamUnavailable(f"The upstream API could not be reached: {exc.__class__.__name__}.") from exc
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            raise UpstreamUnavailable("The upstream API closed the connection without answering.") from exc
-        except TimeoutError as exc:  # aiohttp's connect and read timeouts are TimeoutErrors too
+            answer = await self._pool.request(call.method, target, call.headers, body, self._read_timeout_s)
+        except http1.ConnectError as exc:  # refused, unresolvable: never reached
+            raise UpstreamUnavailable("The upstream API could not be reached.") from exc
+        except TimeoutError as exc:  # connecting or waiting for the answer's head (before OSError: it is one)
             raise UpstreamTimeout("The upstream API did not answer in time.") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"The upstream API could not be reached: {exc.__class__.__name__}.") from exc
-        return UpstreamResponse(reply)
-
-    def _url(self, path: str, query: bytes) -> yarl.URL:
-        """Parsed once per path and query: nearly every request goes to the same few URLs."""
-        url = self._urls.get((path, query))
-        if url is None:
-            if len(self._urls) > MAX_CACHED_URLS:
-                self._urls.clear()
-            url = yarl.URL(self._base_url + path + ("?" + query.decode("latin-1") if query else ""), encoded=True)
-            self._urls[(path, query)] = url
-        return url
+        except (http1.Disconnected, http1.BrokenAnswer, OSError) as exc:
+            raise UpstreamUnavailable("The upstream API closed the connection without answering.") from exc
+        return UpstreamResponse(answer)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            self._pool.close()
 
 
 def response_headers(upstream_headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
