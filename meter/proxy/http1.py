@@ -50,22 +50,20 @@ class BrokenAnswer(Exception):
 class Answer:
     """One answer: status and raw headers at once, the body read through `read` or `chunks`."""
 
-    __slots__ = ("_connection", "_headers", "raw_headers", "status")
+    __slots__ = ("_connection", "raw_headers", "status")
 
     def __init__(self, connection: _Connection, status: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
         self._connection = connection
         self.status = status
-        self.raw_headers = raw_headers
-        self._headers: dict[str, str] | None = None
+        self.raw_headers = raw_headers  # names in lower case
 
     def header(self, name: str) -> str:
         """The header's value (the first, when repeated), '' when absent; `name` in lower case."""
-        if self._headers is None:
-            headers: dict[str, str] = {}
-            for key, value in self.raw_headers:
-                headers.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
-            self._headers = headers
-        return self._headers.get(name, "")
+        wanted = name.encode("latin-1")
+        for key, value in self.raw_headers:
+            if key == wanted:
+                return value.decode("latin-1")
+        return ""
 
     async def read(self) -> bytes:
         parts = [chunk async for chunk in self.chunks()]
@@ -103,6 +101,8 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._write_ready: asyncio.Future[None] | None = None
         self.idle_since = 0.0
+        # Between `request` and `finish`: an answer is being read from it.
+        self._in_use = False
         self.closed = False
 
     # asyncio.Protocol
@@ -111,6 +111,9 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if not self._in_use:  # bytes nobody asked for, on an idle connection: not to be trusted
+            self.close()
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -143,7 +146,7 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -152,7 +155,7 @@ class _Connection(asyncio.Protocol):
             return
         self._reusable = self._parser.should_keep_alive()
         framing = (b"content-length", b"transfer-encoding")
-        self._until_eof = status not in (204, 304) and not any(n.lower() in framing for n, _ in self._headers)
+        self._until_eof = status not in (204, 304) and not any(name in framing for name, _ in self._headers)
         head, self._head = self._head, None
         if head is not None and not head.done():
             head.set_result(Answer(self, status, self._headers))
@@ -174,6 +177,7 @@ class _Connection(asyncio.Protocol):
 
     async def request(self, head: bytes, body: bytes | AsyncIterator[bytes], read_timeout_s: float) -> Answer:
         assert self.transport is not None
+        self._in_use = True
         self._head = self._loop.create_future()
         self._headers, self._complete, self._error, self._until_eof = [], False, None, False
         self._read_timeout_s = read_timeout_s
@@ -249,6 +253,9 @@ class _Connection(asyncio.Protocol):
 
     def finish(self) -> None:
         """The answer is done with: reuse the connection if it was read to its end, else close it."""
+        if not self._in_use:
+            return  # already given back
+        self._in_use = False
         self._body.clear()
         self._buffered = 0
         if self._complete and self._reusable and not self.closed and not self._paused:

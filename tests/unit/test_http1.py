@@ -64,7 +64,7 @@ def answering(*answers: bytes, then_close: bool = False) -> Handler:
     return handler
 
 
-JSON = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\nrequest-id: r1\r\n\r\n{"ok":true}'
+JSON = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\nRequest-Id: r1\r\n\r\n{"ok":true}'
 
 
 async def test_answers_come_back_whole_and_the_connection_is_reused() -> None:
@@ -76,8 +76,35 @@ async def test_answers_come_back_whole_and_the_connection_is_reused() -> None:
             assert (b"content-type", b"application/json") in answer.raw_headers
             assert await answer.read() == b'{"ok":true}'
             answer.release()
+            answer.release()  # twice: still one connection in the pool, never handed out twice
+            assert len(pool._idle) == 1
         assert len(connections) == 1
         pool.close()
+
+
+async def test_an_answer_nobody_asked_for_is_never_taken_for_the_next_one() -> None:
+    forged = b'HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n"forged!"'
+
+    async def pushy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(JSON)
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(forged)  # on the idle connection, before any second request
+        await reader.read()
+
+    async with raw_server(pushy) as (url, connections):
+        pool = http1.Pool(url, 10, 5)
+        answer = await pool.request("GET", "/", [], b"", 5)
+        assert await answer.read() == b'{"ok":true}'
+        answer.release()
+        for _ in range(100):
+            if pool._idle[0].closed:
+                break
+            await asyncio.sleep(0.01)
+        answer = await asyncio.wait_for(pool.request("GET", "/", [], b"", 5), 5)
+        assert await answer.read() == b'{"ok":true}'
+        assert len(connections) == 2
 
 
 async def test_chunked_and_until_close_answers_are_read_to_their_end() -> None:
