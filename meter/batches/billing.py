@@ -143,8 +143,10 @@ class BatchBilling:
 
     async def _fetch_object(self, batch_id: str) -> dict[str, Any]:
         response = await self._upstream.send(self._call(f"/v1/messages/batches/{batch_id}"))
-        body = await response.aread()
-        await response.aclose()
+        try:
+            body = await response.aread()
+        finally:
+            await response.aclose()
         if response.status_code != 200:
             raise RuntimeError(f"the upstream answered {response.status_code} for batch {batch_id}")
         obj: dict[str, Any] = msgspec.json.decode(body)

@@ -103,6 +103,8 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         # Between `request` and `finish`: an answer is being read from it.
         self._in_use = False
+        # Counted among the pool's open connections until it is lost (or its opening failed).
+        self.counted = True
         self.closed = False
 
     # asyncio.Protocol
@@ -122,11 +124,12 @@ class _Connection(asyncio.Protocol):
             self._fail(BrokenAnswer(f"not valid HTTP: {exc}"))
 
     def eof_received(self) -> bool:
+        self.closed = True  # never handed out again, even before connection_lost
         return False  # close
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._pool.closed()
+        self.uncount()
         if self._head is None and self._until_eof and exc is None:
             self._complete = True
             self._wake()
@@ -178,7 +181,8 @@ class _Connection(asyncio.Protocol):
     async def request(self, head: bytes, body: bytes | AsyncIterator[bytes], read_timeout_s: float) -> Answer:
         assert self.transport is not None
         self._in_use = True
-        self._head = self._loop.create_future()
+        # Kept here: the parser's callbacks clear self._head once the answer's head is in.
+        answer = self._head = self._loop.create_future()
         self._headers, self._complete, self._error, self._until_eof = [], False, None, False
         self._read_timeout_s = read_timeout_s
         if isinstance(body, bytes):
@@ -186,20 +190,25 @@ class _Connection(asyncio.Protocol):
             if len(body) >= HIGH_WATER:
                 self.transport.write(body)
         else:
-            await self._send_chunked(head, body)
-        return await self._wait(self._head)
+            try:
+                await self._send_chunked(head, body, answer)
+            except BaseException:
+                answer.cancel()  # nobody waits for the answer of an upload given up on
+                raise
+        return await self._wait(answer)
 
-    async def _send_chunked(self, head: bytes, body: AsyncIterator[bytes]) -> None:
+    async def _send_chunked(self, head: bytes, body: AsyncIterator[bytes], answer: asyncio.Future[Answer]) -> None:
         assert self.transport is not None
         self.transport.write(head)
         try:
             async for chunk in body:
-                if self.closed:
-                    return  # the answer (or its absence) says why
+                if self.closed or answer.done():
+                    return  # answered (or gone) before the upload's end: the answer says why
                 if chunk:
                     self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
                 if self._write_ready is not None:
-                    await self._write_ready
+                    # An upstream that stops reading gets the read deadline, as one that stops answering.
+                    await self._wait(self._write_ready)
             self.transport.write(b"0\r\n\r\n")
         finally:
             close = getattr(body, "aclose", None)
@@ -232,7 +241,7 @@ class _Connection(asyncio.Protocol):
     def _timed_out(self, future: asyncio.Future[T]) -> None:
         if not future.done():
             future.set_exception(TimeoutError("no answer from the upstream in time"))
-        self._reusable = False
+        self.close()  # whatever it sends later is not wanted: the slot is free again at once
 
     def _fail(self, error: Exception | None) -> None:
         self._reusable = False
@@ -242,8 +251,7 @@ class _Connection(asyncio.Protocol):
                 head.set_exception(error or Disconnected("the upstream closed the connection without answering"))
             return
         self._error = error or BrokenAnswer("the upstream closed the connection before the answer was complete")
-        if self.transport is not None:
-            self.transport.close()
+        self.close()
         self._wake()
 
     def _wake(self) -> None:
@@ -264,9 +272,18 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
+        """Drop the connection now, with whatever it still has to send (an upload given up on)."""
         self._reusable = False
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
+
+    def closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
+    def uncount(self) -> None:
+        if self.counted:
+            self.counted = False
+            self._pool.closed()
 
 
 class Pool:
@@ -318,57 +335,73 @@ class Pool:
             raise
 
     async def _connection(self) -> _Connection:
+        deadline = self.loop.time() + self._connect_timeout_s
         while True:
             now = time.monotonic()
             while self._idle:
                 connection = self._idle.pop()
-                if not connection.closed and now - connection.idle_since < IDLE_S:
+                if not connection.closed and not connection.closing() and now - connection.idle_since < IDLE_S:
                     return connection
                 connection.close()
             if self._open < self._limit:
                 return await self._connect()
+            # At the cap: wait for a connection given back or closed, within the connect deadline.
             waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
             self._waiters.append(waiter)
             try:
-                handed = await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled() and (handed := waiter.result()) is not None:
-                    self.put_back(handed)  # handed over as this request was cancelled: the next one's
+                async with asyncio.timeout_at(deadline):
+                    handed = await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._pass_on(waiter.result())  # handed over as this request gave up: the next one's
                 raise
             if handed is not None and not handed.closed:
                 return handed
 
     async def _connect(self) -> _Connection:
-        self._open += 1  # counted from now on: a closed connection (connection_lost) uncounts itself
+        self._open += 1  # counted from now on: the connection uncounts itself when it is lost
+        made: list[_Connection] = []
+
+        def protocol() -> _Connection:
+            made.append(_Connection(self))
+            return made[-1]
+
         try:
             _, connection = await asyncio.wait_for(
-                self.loop.create_connection(lambda: _Connection(self), self.host, self.port, ssl=self._ssl),
+                self.loop.create_connection(protocol, self.host, self.port, ssl=self._ssl),
                 self._connect_timeout_s,
             )
         except BaseException as exc:
-            self.closed()
+            if made:  # opened, then given up on (a deadline at that moment, a shutdown)
+                made[-1].close()
+                made[-1].uncount()
+            else:
+                self.closed()
             if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
                 raise ConnectError(f"{type(exc).__name__}: {exc}") from exc
             raise
         return connection
 
     def put_back(self, connection: _Connection) -> None:
+        connection.idle_since = time.monotonic()
+        self._pass_on(connection)
+
+    def closed(self) -> None:
+        """A connection of this pool is gone (or never opened): one more may be opened."""
+        self._open -= 1
+        self._pass_on(None)
+
+    def _pass_on(self, connection: _Connection | None) -> None:
+        """A connection given back (or, None, room for one) goes to the first request still waiting."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(connection)
                 return
-        connection.idle_since = time.monotonic()
-        self._idle.append(connection)
-
-    def closed(self) -> None:
-        """A connection of this pool is gone (or never opened): one more may be opened."""
-        self._open -= 1
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+        if connection is not None:
+            if connection.closed:
                 return
+            self._idle.append(connection)
 
     def close(self) -> None:
         for connection in self._idle:

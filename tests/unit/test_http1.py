@@ -8,7 +8,7 @@ import asyncio
 import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -256,3 +256,88 @@ async def test_tls_is_verified_against_trusted_authorities_only(
         answer = await http1.Pool(url, 10, 5).request("GET", "/", [], b"", 5)
         assert answer.status == 200 and await answer.read() == b'{"ok":true}'
         answer.release()
+
+
+async def test_an_answer_before_the_upload_ends_is_the_answer() -> None:
+    refusal = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(refusal)  # without reading the body
+        await writer.drain()
+
+    async def big() -> AsyncIterator[bytes]:
+        for _ in range(64):
+            yield b"x" * (1 << 20)
+
+    async with raw_server(refuse) as (url, _):
+        pool = http1.Pool(url, 4, 5)
+        answer = await pool.request("POST", "/v1/files", [], big(), 5)
+        assert answer.status == 413 and await answer.read() == b"{}"
+        answer.release()
+        await eventually_async(lambda: pool._open == 0)
+
+
+async def test_waiting_at_the_cap_and_a_stalled_upload_end_at_their_deadlines() -> None:
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nx\r\n")  # a stream that goes on
+        await reader.read()
+
+    async with raw_server(hold) as (url, _):
+        pool = http1.Pool(url, 1, 0.3)
+        stream = await pool.request("GET", "/stream", [], b"", 30)
+        with pytest.raises(TimeoutError):  # the only connection stays busy: the wait ends, not forever
+            async with asyncio.timeout(10) as outer:
+                await pool.request("GET", "/x", [], b"", 30)
+        assert not outer.expired()  # the pool's own deadline ended it
+        stream.release()
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)  # never reads, never answers
+
+    async def endless() -> AsyncIterator[bytes]:
+        for _ in range(1024):
+            yield b"x" * (1 << 20)
+
+    async with raw_server(deaf) as (url, _):
+        pool = http1.Pool(url, 4, 5)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(10) as outer:
+                await pool.request("POST", "/v1/files", [], endless(), 0.3)
+        assert not outer.expired()
+        await eventually_async(lambda: pool._open == 0)
+
+
+async def test_a_connection_closing_is_never_handed_out_and_given_up_opens_are_uncounted() -> None:
+    async def close_after_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(JSON)
+        await writer.drain()
+
+    async with raw_server(close_after_one) as (url, connections):
+        pool = http1.Pool(url, 4, 5)
+        answer = await pool.request("GET", "/", [], b"", 5)
+        assert await answer.read() == b'{"ok":true}'
+        answer.release()
+        pool._idle[0].transport.close()  # type: ignore[union-attr]  # closing, not yet lost
+        answer = await pool.request("GET", "/", [], b"", 5)
+        assert await answer.read() == b'{"ok":true}' and len(connections) == 2
+        answer.release()
+        for turns in range(12):  # give up on an opening connection at every moment of its opening
+            opening = asyncio.ensure_future(pool._connect())
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            opening.cancel()
+            with suppress(asyncio.CancelledError):
+                (await opening).close()
+        pool.close()
+        await eventually_async(lambda: pool._open == 0)
+
+
+async def eventually_async(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, "the condition did not hold in time"
+        await asyncio.sleep(0.01)
