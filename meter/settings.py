@@ -22,6 +22,16 @@ POSTGRES_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
 SPOOL_FSYNC = ("off", "interval", "always")
 
 
+def _is_http_url(url: str) -> bool:
+    """http(s)://host[:port][/path]: what the upstream client (proxy/http1.py) can connect to."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 class ConfigError(ValueError):
     """Invalid configuration; the CLI prints its message as one line and exits."""
 
@@ -158,8 +168,7 @@ class Settings:
     webhook_retry_s: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
     def __post_init__(self) -> None:
-        scheme = urlsplit(self.upstream_url).scheme
-        if scheme not in ("http", "https"):
+        if not _is_http_url(self.upstream_url):
             raise ConfigError(f"METER_UPSTREAM_URL must be an http(s) URL, got {self.upstream_url!r}")
         if self.database_url is not None and not self.database_url.startswith(POSTGRES_SCHEMES):
             raise ConfigError("METER_DATABASE_URL must be a postgresql:// URL")
