@@ -23,7 +23,7 @@ SPOOL_FSYNC = ("off", "interval", "always")
 
 
 def _is_http_url(url: str) -> bool:
-    """http(s)://host[:port][/path]: what the upstream client (proxy/http1.py) can connect to."""
+    """http(s)://host[:port][/path]: what the upstream client (proxy/http1/) can connect to."""
     parts = urlsplit(url)
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number in range

@@ -1,4 +1,4 @@
-"""The upstream client: one shared connection pool (meter's own HTTP/1.1 client, http1.py), header
+"""The upstream client: one shared connection pool (meter's own HTTP/1.1 client, proxy/http1/), header
 rewriting, and mapping of transport failures to meter's errors (at this boundary only).
 
 Nothing is kept between calls but connections: no cookies (one jar for every tenant's calls would
