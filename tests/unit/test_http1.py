@@ -52,6 +52,15 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, await reader.readexactly(length)
 
 
+async def fetch(pool: http1.Pool) -> bytes:
+    """GET / and its whole body; the connection given back."""
+    answer = await pool.request("GET", "/", [], b"", 5)
+    try:
+        return await answer.read()
+    finally:
+        answer.release()
+
+
 def answering(*answers: bytes, then_close: bool = False) -> Handler:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for answer in answers:
@@ -95,9 +104,7 @@ async def test_an_answer_nobody_asked_for_is_never_taken_for_the_next_one() -> N
 
     async with raw_server(pushy) as (url, connections):
         pool = http1.Pool(url, 10, 5)
-        answer = await pool.request("GET", "/", [], b"", 5)
-        assert await answer.read() == b'{"ok":true}'
-        answer.release()
+        assert await fetch(pool) == b'{"ok":true}'
         for _ in range(100):
             if pool._idle[0].closed:
                 break
@@ -182,14 +189,7 @@ async def test_requests_past_the_cap_wait_for_a_connection_and_get_one() -> None
     async with raw_server(answering(*[JSON] * 6)) as (url, connections):
         pool = http1.Pool(url, 1, 5)
 
-        async def call() -> bytes:
-            answer = await pool.request("GET", "/", [], b"", 5)
-            try:
-                return await answer.read()
-            finally:
-                answer.release()
-
-        assert await asyncio.wait_for(asyncio.gather(*(call() for _ in range(6))), 10) == [b'{"ok":true}'] * 6
+        assert await asyncio.wait_for(asyncio.gather(*(fetch(pool) for _ in range(6))), 10) == [b'{"ok":true}'] * 6
         assert len(connections) == 1
 
 
@@ -197,9 +197,7 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
     async with raw_server(answering(JSON, then_close=True)) as (url, connections):
         pool = http1.Pool(url, 10, 5)
         for _ in range(2):
-            answer = await pool.request("GET", "/", [], b"", 5)
-            assert await answer.read() == b'{"ok":true}'
-            answer.release()
+            assert await fetch(pool) == b'{"ok":true}'
             for _ in range(100):  # until the client has seen the close
                 if not pool._idle or pool._idle[0].closed:
                     break
@@ -317,13 +315,9 @@ async def test_a_connection_closing_is_never_handed_out_and_given_up_opens_are_u
 
     async with raw_server(close_after_one) as (url, connections):
         pool = http1.Pool(url, 4, 5)
-        answer = await pool.request("GET", "/", [], b"", 5)
-        assert await answer.read() == b'{"ok":true}'
-        answer.release()
+        assert await fetch(pool) == b'{"ok":true}'
         pool._idle[0].transport.close()  # type: ignore[union-attr]  # closing, not yet lost
-        answer = await pool.request("GET", "/", [], b"", 5)
-        assert await answer.read() == b'{"ok":true}' and len(connections) == 2
-        answer.release()
+        assert await fetch(pool) == b'{"ok":true}' and len(connections) == 2
         for turns in range(12):  # give up on an opening connection at every moment of its opening
             opening = asyncio.ensure_future(pool._connect())
             for _ in range(turns):
