@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import urlsplit
+
+from meter.proxy.http1.pool import Origin
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
 # An admin token (or key pepper) shorter than this is refused: it guards every tenant's money.
@@ -20,16 +21,6 @@ MIN_ADMIN_TOKEN_LENGTH = 32
 # The database URL forms meter accepts (meter.db.engine rewrites them for each driver).
 POSTGRES_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
 SPOOL_FSYNC = ("off", "interval", "always")
-
-
-def _is_http_url(url: str) -> bool:
-    """http(s)://host[:port][/path]: what the upstream client (proxy/http1/) can connect to."""
-    parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018 - raises on a port that is not a number in range
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 class ConfigError(ValueError):
@@ -168,8 +159,10 @@ class Settings:
     webhook_retry_s: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
     def __post_init__(self) -> None:
-        if not _is_http_url(self.upstream_url):
-            raise ConfigError(f"METER_UPSTREAM_URL must be an http(s) URL, got {self.upstream_url!r}")
+        try:
+            Origin.of(self.upstream_url)  # what the upstream client will connect to
+        except ValueError:
+            raise ConfigError(f"METER_UPSTREAM_URL must be an http(s) URL, got {self.upstream_url!r}") from None
         if self.database_url is not None and not self.database_url.startswith(POSTGRES_SCHEMES):
             raise ConfigError("METER_DATABASE_URL must be a postgresql:// URL")
         if self.listen_database_url is not None and not self.listen_database_url.startswith(POSTGRES_SCHEMES):

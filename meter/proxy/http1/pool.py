@@ -7,6 +7,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from meter.proxy.http1.connection import CRLF, Answer, ConnectError, Connection
@@ -16,18 +17,34 @@ from meter.proxy.http1.connection import CRLF, Answer, ConnectError, Connection
 IDLE_S = 15.0
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where a pool connects, and the path its requests go under."""
+
+    host: str
+    port: int
+    tls: bool
+    host_header: bytes
+    prefix: str
+
+    @classmethod
+    def of(cls, url: str) -> Origin:
+        """The origin of an http(s)://host[:port][/path] URL; ValueError for anything else."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"the upstream URL must be http(s)://host[:port]: {url!r}")
+        tls = parts.scheme == "https"
+        # parts.port and the IDNA encoding raise ValueError for a port or host that is not one.
+        port = parts.port or (443 if tls else 80)
+        return cls(parts.hostname, port, tls, parts.netloc.rsplit("@", 1)[-1].encode("idna"), parts.path.rstrip("/"))
+
+
 class Pool:
     """Keep-alive connections to one origin, at most `limit` open at once."""
 
     def __init__(self, base_url: str, limit: int, connect_timeout_s: float) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"the upstream URL must be http(s)://host[:port]: {base_url!r}")
-        self.host = parts.hostname
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        self.host_header = parts.netloc.rsplit("@", 1)[-1].encode("idna")
-        self.prefix = parts.path.rstrip("/")
-        self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        self.origin = Origin.of(base_url)
+        self._ssl = ssl.create_default_context() if self.origin.tls else None
         self._connect_timeout_s = connect_timeout_s
         self._limit = limit
         self._open = 0
@@ -42,7 +59,8 @@ class Pool:
         read_timeout_s: float,
     ) -> Answer:  # fmt: skip
         """Send a request; the answer's body is left to read. The caller must `release` it."""
-        lines = [f"{method} {self.prefix}{target} HTTP/1.1\r\nhost: ".encode("latin-1"), self.host_header, CRLF]
+        start = f"{method} {self.origin.prefix}{target} HTTP/1.1\r\nhost: ".encode("latin-1")
+        lines = [start, self.origin.host_header, CRLF]
         for name, value in headers:
             lines += (name, b": ", value, CRLF)
         framing = b""
@@ -98,7 +116,7 @@ class Pool:
 
         try:
             _, connection = await asyncio.wait_for(
-                self.loop.create_connection(protocol, self.host, self.port, ssl=self._ssl),
+                self.loop.create_connection(protocol, self.origin.host, self.origin.port, ssl=self._ssl),
                 self._connect_timeout_s,
             )
         except BaseException as exc:
