@@ -96,7 +96,6 @@ class Connection(asyncio.Protocol):
         self._in_use = False
         # Counted among the pool's open connections until it is lost (or its opening failed).
         self.counted = True
-        self.closed = False
 
     # asyncio.Protocol
 
@@ -115,11 +114,9 @@ class Connection(asyncio.Protocol):
             self._fail(BrokenAnswer(f"not valid HTTP: {exc}"))
 
     def eof_received(self) -> bool:
-        self.closed = True  # never handed out again, even before connection_lost
         return False  # close
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
         self.uncount()
         if self._head is None and self._until_eof and exc is None:
             self._complete = True
@@ -268,7 +265,9 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def closing(self) -> bool:
+    @property
+    def closed(self) -> bool:
+        """Closing or gone (the upstream's FIN seen, or closed here): never handed out again."""
         return self.transport is None or self.transport.is_closing()
 
     def uncount(self) -> None:

@@ -88,7 +88,7 @@ class Pool:
             now = time.monotonic()
             while self._idle:
                 connection = self._idle.pop()
-                if not connection.closed and not connection.closing() and now - connection.idle_since < IDLE_S:
+                if not connection.closed and now - connection.idle_since < IDLE_S:
                     return connection
                 connection.close()
             if self._open < self._limit:
