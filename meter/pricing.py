@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import select
@@ -108,6 +109,15 @@ class Price:
         if tier is not None and prompt_tokens > tier.above_input_tokens:
             return tier.prices, True
         return self.tokens, False
+
+    @cached_property
+    def dearest_factors(self) -> dict[str, Decimal]:
+        """For each multiplier family, the largest factor a call that names no value may be billed
+        with (never below 1; batch pricing applies to batches only): worked out once per price."""
+        return {
+            name: max([Decimal(1), *(f for value, f in self.multipliers.get(name, {}).items() if value != "batch")])
+            for name in MULTIPLIED_BY
+        }
 
     def multiplier(self, how: Mapping[str, str | None]) -> Decimal:
         """The product of the multipliers that apply to a call that ran `how` (geo, tier, speed)."""

@@ -4,6 +4,7 @@ of background tasks (budget gauges, readiness)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
 from typing import Any
 
 import msgspec
@@ -87,7 +88,8 @@ _names = ", ".join(LEDGER_FIELDS)
 
 # One statement, one round trip, atomic: insert the rows (a request id already there is skipped, so
 # a retried batch is harmless), and for the rows actually inserted, and only those, add them to the
-# daily rollups, note when each key was last used, and settle their limit reservations.
+# daily rollups, note when each key was last used, and settle their limit reservations (summed per
+# hold first: a lease's many settlements in a batch become one).
 _WRITE_BATCH = text(
     f"""
 WITH inserted AS (
@@ -111,11 +113,17 @@ WITH inserted AS (
     UPDATE api_keys k SET last_used_at = GREATEST(k.last_used_at, u.last)
     FROM (SELECT key_id, max(started_at) AS last FROM inserted GROUP BY key_id) u
     WHERE k.id = u.key_id
+), settled AS (
+    SELECT s.hold, s.lease, string_to_array(s.subjects, ',') AS subjects, s.day, s.month,
+           sum(s.tokens) AS tokens, sum(s.usd) AS usd
+    FROM unnest(CAST(:s_request_id AS text[]), CAST(:s_hold AS text[]), CAST(:s_lease AS boolean[]),
+                CAST(:s_subjects AS text[]), CAST(:s_day AS date[]), CAST(:s_month AS date[]),
+                CAST(:s_tokens AS bigint[]), CAST(:s_usd AS numeric[]))
+         AS s(request_id, hold, lease, subjects, day, month, tokens, usd)
+    WHERE s.request_id IN (SELECT request_id FROM inserted)
+    GROUP BY 1, 2, 3, 4, 5
 )
-SELECT meter_settle(COALESCE(
-    (SELECT jsonb_agg(s) FROM jsonb_array_elements(CAST(:settlements AS jsonb)) s
-     WHERE s->>'request_id' IN (SELECT request_id FROM inserted)),
-    '[]'::jsonb))
+SELECT meter_settle(COALESCE((SELECT jsonb_agg(settled) FROM settled), '[]'::jsonb))
 """
 )
 
@@ -129,7 +137,23 @@ async def write_ledger_batch(
         name: [_json(value) for value in values] if name in JSON_FIELDS else list(values)
         for name, values in zip(LEDGER_FIELDS, by_column, strict=True)
     }
-    await conn.execute(_WRITE_BATCH, {**columns, "settlements": msgspec.json.encode(settlements).decode()})
+    await conn.execute(_WRITE_BATCH, {**columns, **_settlement_columns(settlements)})
+
+
+def _settlement_columns(settlements: Sequence[Settlement]) -> dict[str, list[Any]]:
+    """Settlements as the batch statement's arrays, one element each (subject ids, which never hold
+    a comma, joined by commas): typed arrays cost Postgres far less per row than JSON, and the
+    statement sums a lease's settlements before meter_settle reads them."""
+    return {
+        "s_request_id": [s.request_id for s in settlements],
+        "s_hold": [s.hold for s in settlements],
+        "s_lease": [s.lease for s in settlements],
+        "s_subjects": [",".join(s.subjects) for s in settlements],
+        "s_day": [date.fromisoformat(s.day) for s in settlements],
+        "s_month": [date.fromisoformat(s.month) for s in settlements],
+        "s_tokens": [s.tokens for s in settlements],
+        "s_usd": [s.usd for s in settlements],
+    }
 
 
 _BUDGETS = text(

@@ -186,14 +186,13 @@ def _dearest_multiplier(price: Price, shape: RequestShape) -> Decimal:
     """The largest product of multipliers the call may be billed with (module docstring)."""
     product = Decimal(1)
     for name in MULTIPLIED_BY:
-        factors = price.multipliers.get(name, {})
         named = getattr(shape, name)
         if name == "service_tier" and named == "auto":
             named = None  # the API picks the tier: any of them may apply
         if named is not None:
-            product *= factors.get(named, Decimal(1))
+            product *= price.multipliers.get(name, {}).get(named, Decimal(1))
         elif name != "speed":  # a call runs fast only if it asks to
-            product *= max([Decimal(1), *(factor for value, factor in factors.items() if value != "batch")])
+            product *= price.dearest_factors[name]
     return product
 
 

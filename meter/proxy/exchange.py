@@ -16,7 +16,7 @@ from meter.proxy.estimate import RequestShape
 from meter.usage import Usage
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Hold:
     """What a request holds: its own reservation, or a share of its process's lease (`lease`), and
     the UTC day and month its usage counts in."""

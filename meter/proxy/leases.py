@@ -106,7 +106,10 @@ class Lease:
         # Until when its hold surely lasts (monotonic): granted or renewed this long ago, plus the TTL.
         self.valid_until = 0.0
         self.lock = asyncio.Lock()
+        # The rate-limit headers' limits, remaining and resets when granted (meter_lease's answer),
+        # and the limits stage's header lines made of them, once per grant.
         self.headers: dict[str, Any] = {}
+        self.header_lines: list[Any] | None = None
 
     def covers(self, need: Need) -> bool:
         return (
@@ -148,15 +151,6 @@ class Lease:
             "requests": max(self.requests, 0.0),
             "slots": max(self.slots, 0),
         }
-
-    def remaining(self, family: str) -> float | None:
-        """What a rate-limit header says is left: the rest beyond the lease when it was granted,
-        plus what the lease has unused now (other processes' use since then is not seen)."""
-        base = self.headers.get(family)
-        if not base:
-            return None
-        own = self.requests if family == "request_header" else self.tokens
-        return float(base["remaining"]) + max(own, 0)
 
 
 class LeaseBook:
@@ -304,6 +298,7 @@ class LeaseBook:
             lease.granted = granted
             lease.valid_until = sent + self._ttl_s
             lease.headers = {k: answer[k] for k in ("request_header", "token_header") if answer.get(k)}
+            lease.header_lines = None
         return dict(answer)
 
     def renewed(self, held: set[str], sent: float) -> None:

@@ -47,8 +47,6 @@ _RENEW_HOLDS = text(
     "UPDATE holds SET expires_at = clock_timestamp() + make_interval(secs => :ttl) WHERE owner = :owner RETURNING id"
 )
 _EXPIRE = text("SELECT meter_expire_holds()")
-# Header lines are kept for this many lease grants at most.
-MAX_HEADER_LINES = 10_000
 # How often idle and retired leases give their headroom back.
 LEASE_TIDY_S = 0.5
 
@@ -86,7 +84,6 @@ class Limiter:
         self.owner = "proc_" + secrets.token_hex(6)
         self.leases = LeaseBook(engine, metrics, self.owner, hold_ttl_s)
         self._period: tuple[date | None, tuple[str, str]] = (None, ("", ""))
-        self._header_lines: dict[str, tuple[dict[str, Any], list[tuple[str, bytes, list[tuple[bytes, bytes]]]]]] = {}
 
     async def reserve(self, exchange: Exchange) -> None:
         """Reserve the worst case for `exchange`, or raise the error the tenant should see."""
@@ -148,29 +145,25 @@ class Limiter:
 
     def _ratelimit_headers(self, lease: Lease) -> list[tuple[bytes, bytes]]:
         """A limited answer's rate-limit headers: the limits and resets are the lease grant's (made
-        into header lines once per grant), what remains is counted now."""
-        made = self._header_lines.get(lease.id)
-        if made is None or made[0] is not lease.headers:
-            lines = []
+        into header lines once per grant); what remains is the rest beyond the lease when it was
+        granted plus what the lease has unused now (other processes' use since then is not seen)."""
+        if lease.header_lines is None:
+            lease.header_lines = []
             for family, name in (("request_header", "requests"), ("token_header", "tokens")):
                 base = lease.headers.get(family)
                 if base:
                     fixed = _family_headers(name, base["limit"], 0, base["reset"])
-                    remaining = f"anthropic-ratelimit-{name}-remaining".encode()
-                    lines.append(
-                        (
-                            family,
-                            remaining,
-                            [(k.encode(), v.encode()) for k, v in fixed.items() if "-remaining" not in k],
-                        )
-                    )
-            made = self._header_lines[lease.id] = (lease.headers, lines)
-            if len(self._header_lines) > MAX_HEADER_LINES:
-                self._header_lines.clear()
+                    lease.header_lines.append((
+                        family == "request_header",
+                        [(k.encode(), v.encode()) for k, v in fixed.items() if "-remaining" not in k],
+                        f"anthropic-ratelimit-{name}-remaining".encode(),
+                        float(base["remaining"]),
+                    ))  # fmt: skip
         headers: list[tuple[bytes, bytes]] = []
-        for family, remaining_name, fixed_lines in made[1]:
+        for requests, fixed_lines, remaining_name, beyond in lease.header_lines:
             headers.extend(fixed_lines)
-            headers.append((remaining_name, str(max(0, math.floor(lease.remaining(family) or 0))).encode()))
+            own = lease.requests if requests else lease.tokens
+            headers.append((remaining_name, b"%d" % max(0, math.floor(beyond + max(own, 0)))))
         return headers
 
     def _worst_case(self, exchange: Exchange) -> tuple[int, Decimal]:
