@@ -136,7 +136,7 @@ def _walk(document: Any, shape: RequestShape) -> None:
         stack.extend(node.values())
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class WorstCase:
     tokens: int
     usd: Decimal
@@ -164,7 +164,7 @@ def worst_case(
     # Each further step reads what the one before read, plus its output and its tools' results
     # (at most the whole window, unless the operator bounds a tool result: TOOL_RESULT_TOKENS).
     growth = (tool_result_tokens or window) + output
-    read = sum(min(window, first + step * growth) for step in range(steps))
+    read = first + (sum(min(window, first + step * growth) for step in range(1, steps)) if steps > 1 else 0)
     if shape.compaction:  # a summarising step before each, reading up to the window, writing up to max_tokens
         read, output, steps = read + steps * window, output * 2, steps * 2
     tokens = read + output
@@ -177,9 +177,11 @@ def worst_case(
     prices = long_tier.prices if may_be_long and long_tier is not None else price.tokens
     input_price = prices.dearest_input if shape.caches else prices.input_per_mtok
     token_usd = (read * input_price + output * prices.output_per_mtok) / MILLION
+    usd = token_usd * _dearest_multiplier(price, shape)
     fee_of = price.server_tool_fees
-    fees = sum((count * fee_of.get(f"{family}_requests", Decimal(0)) for family, count in uses.items()), Decimal(0))
-    return WorstCase(tokens, token_usd * _dearest_multiplier(price, shape) + fees)
+    for family, count in uses.items():
+        usd += count * fee_of.get(f"{family}_requests", Decimal(0))
+    return WorstCase(tokens, usd)
 
 
 def _dearest_multiplier(price: Price, shape: RequestShape) -> Decimal:
