@@ -22,7 +22,7 @@ from bench.stats import percentile, run_async
 from meter.db import migrate
 from meter.db.engine import create_engine
 from meter.db.models import usage_events
-from meter.db.rows import LedgerRow
+from meter.db.rows import LedgerRow, Settlement
 from meter.ledger import LedgerWriter
 from meter.metrics import Metrics
 from meter.settings import Settings
@@ -88,7 +88,13 @@ def synthetic_rows(prefix: str, count: int) -> list[LedgerRow]:
     ]
 
 
-async def _run(writer: LedgerWriter, registry: CollectorRegistry, run: LedgerRun, rows: list[LedgerRow]) -> None:
+async def _run(
+    writer: LedgerWriter,
+    registry: CollectorRegistry,
+    run: LedgerRun,
+    rows: list[LedgerRow],
+    settlements: list[Settlement] | None = None,
+) -> None:
     queued_at: list[float] = []
     base = registry.get_sample_value("meter_ledger_rows_written_total") or 0.0
 
@@ -102,7 +108,7 @@ async def _run(writer: LedgerWriter, registry: CollectorRegistry, run: LedgerRun
                 due = min(len(rows), int((time.perf_counter() - start) * run.offered_rate) + 1)
             while i < due:
                 queued_at.append(time.perf_counter())
-                writer.record(rows[i])
+                writer.record(rows[i], settlements[i] if settlements else None)
                 i += 1
             await asyncio.sleep(0 if run.offered_rate is None else SAMPLE_INTERVAL_S)
 

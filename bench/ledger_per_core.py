@@ -2,9 +2,10 @@
 
 meter's own LedgerWriter (default batching) writes synthetic rows as fast as they can be queued into
 a Postgres of the benchmark's own (embedded, so that its CPU time is its alone on a shared machine),
-once directly and once through a real PgBouncer in transaction mode. Postgres's CPU time (the
-postmaster and every backend and helper under it) is read from /proc before and after each run:
-rows / Postgres CPU-seconds is what one fully busy Postgres core writes.
+once directly and once through a real PgBouncer in transaction mode, then directly again with every
+row a limited tenant's (settling its share of a lease, as the recorder's rows do). Postgres's CPU
+time (the postmaster and every backend and helper under it) is read from /proc before and after each
+run: rows / Postgres CPU-seconds is what one fully busy Postgres core writes.
 
     .venv/bin/python -m bench.ledger_per_core [--rows 100000]
 """
@@ -18,16 +19,20 @@ import platform
 import subprocess
 import tempfile
 import time
+from decimal import Decimal
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
+from sqlalchemy import text
 
 from bench import ledger_bench
 from bench.cpu import CpuAccount
 from meter.db import migrate
 from meter.db.engine import create_engine
+from meter.db.rows import LedgerRow, Settlement
 from meter.ledger import LedgerWriter
 from meter.metrics import Metrics
+from meter.periods import month_start
 from meter.settings import Settings
 from tests.pgbouncer import PgBouncer, Pool
 from tests.support import EmbeddedPostgres, create_database
@@ -35,8 +40,31 @@ from tests.support import EmbeddedPostgres, create_database
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
+# The limited run's tenant: limits far from reached, and a lease holding more than the run uses.
+_LIMITED = [
+    "INSERT INTO tenants (id, name) VALUES ('ten_bench', 'bench')",
+    "INSERT INTO limits (subject_id, tenant_id, tokens_per_day, budget_usd_per_month)"
+    " VALUES ('ten_bench', 'ten_bench', 1000000000000, 1000000000)",
+    "INSERT INTO holds (id, owner, subjects, tokens, usd, expires_at, lease)"
+    " VALUES ('lease_bench', 'proc_bench', ARRAY['ten_bench'], 100000000000, 100000000,"
+    " now() + interval '1 day', true)",
+    "UPDATE limits SET day_tokens_held = 100000000000, month_tokens_held = 100000000000,"
+    " day_usd_held = 100000000, month_usd_held = 100000000",
+]
+
+
+def lease_settlements(rows: list[LedgerRow]) -> list[Settlement]:
+    """What each row of a limited tenant carries: its usage, taken from the process's lease."""
+    return [
+        Settlement(hold="lease_bench", request_id=row.request_id, subjects=["ten_bench"],
+                   day=row.started_at.date().isoformat(), month=month_start(row.started_at.date()).isoformat(),
+                   tokens=row.input_tokens + row.output_tokens, usd=row.cost_usd or Decimal(0), lease=True)
+        for row in rows
+    ]  # fmt: skip
+
+
 async def write(
-    url: str, pooled: bool, rows: int, postgres: CpuAccount, bouncer: CpuAccount, label: str
+    url: str, pooled: bool, rows: int, postgres: CpuAccount, bouncer: CpuAccount, label: str, limited: bool = False
 ) -> dict[str, float]:
     defaults = Settings()
     engine = create_engine(url, transaction_pooling=pooled)
@@ -48,11 +76,18 @@ async def write(
         defaults.ledger_flush_interval_s,
         defaults.ledger_max_pending,
     )
+    batch = ledger_bench.synthetic_rows(label, rows)
+    settlements = None
+    if limited:
+        async with engine.begin() as conn:
+            for statement in _LIMITED:
+                await conn.execute(text(statement))
+        settlements = lease_settlements(batch)
     writer.start()
     run = ledger_bench.LedgerRun(label, rows, None)
     try:
         before, bouncer_before = postgres.ticks(), bouncer.ticks()
-        await ledger_bench._run(writer, registry, run, ledger_bench.synthetic_rows(label, rows))
+        await ledger_bench._run(writer, registry, run, batch, settlements)
         cpu_s = (postgres.ticks() - before) / TICKS_PER_S
         bouncer_s = (bouncer.ticks() - bouncer_before) / TICKS_PER_S
         await writer.close()
@@ -86,6 +121,9 @@ def main() -> None:
                     "direct": asyncio.run(write(url, False, args.rows, postgres, pooler, "direct")),
                     "pgbouncer (transaction)": asyncio.run(
                         write(bouncer.url("ledger"), True, args.rows, postgres, pooler, "bounced")
+                    ),
+                    "direct, limited tenant (lease settlements)": asyncio.run(
+                        write(url, False, args.rows, postgres, pooler, "limited", limited=True)
                     ),
                 }
             finally:
