@@ -55,7 +55,8 @@ class LedgerRow(msgspec.Struct, kw_only=True):
 
 
 class Settlement(msgspec.Struct, kw_only=True):
-    """Encoded as JSON for meter_settle (see the 0007 migration), which reads these keys."""
+    """What meter_settle (see the 0007 migration) reads: the ledger's batch statement sends these
+    fields as typed arrays and sums them per hold first, `queries.settle` as JSON."""
 
     hold: str
     request_id: str

@@ -148,17 +148,18 @@ class Limiter:
         into header lines once per grant); what remains is the rest beyond the lease when it was
         granted plus what the lease has unused now (other processes' use since then is not seen)."""
         if lease.header_lines is None:
-            lease.header_lines = []
+            lines = []
             for family, name in (("request_header", "requests"), ("token_header", "tokens")):
                 base = lease.headers.get(family)
                 if base:
                     fixed = _family_headers(name, base["limit"], 0, base["reset"])
-                    lease.header_lines.append((
+                    lines.append((
                         family == "request_header",
                         [(k.encode(), v.encode()) for k, v in fixed.items() if "-remaining" not in k],
                         f"anthropic-ratelimit-{name}-remaining".encode(),
                         float(base["remaining"]),
                     ))  # fmt: skip
+            lease.header_lines = lines
         headers: list[tuple[bytes, bytes]] = []
         for requests, fixed_lines, remaining_name, beyond in lease.header_lines:
             headers.extend(fixed_lines)
