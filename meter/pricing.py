@@ -113,9 +113,12 @@ class Price:
     @cached_property
     def dearest_factors(self) -> dict[str, Decimal]:
         """For each multiplier family, the largest factor a call that names no value may be billed
-        with (never below 1; batch pricing applies to batches only): worked out once per price."""
+        with, worked out once per price: never below 1, batch pricing applies to batches only, and a
+        call runs fast only if it asks to (speed 1)."""
         return {
-            name: max([Decimal(1), *(f for value, f in self.multipliers.get(name, {}).items() if value != "batch")])
+            name: Decimal(1)
+            if name == "speed"
+            else max([Decimal(1), *(f for value, f in self.multipliers.get(name, {}).items() if value != "batch")])
             for name in MULTIPLIED_BY
         }
 

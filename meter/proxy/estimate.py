@@ -193,7 +193,7 @@ def _dearest_multiplier(price: Price, shape: RequestShape) -> Decimal:
             named = None  # the API picks the tier: any of them may apply
         if named is not None:
             product *= price.multipliers.get(name, {}).get(named, Decimal(1))
-        elif name != "speed":  # a call runs fast only if it asks to
+        else:
             product *= price.dearest_factors[name]
     return product
 
