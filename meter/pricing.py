@@ -122,6 +122,12 @@ class Price:
             for name in MULTIPLIED_BY
         }
 
+    @cached_property
+    def reserve_rates(self) -> dict[tuple[Any, ...], tuple[Decimal, Decimal]]:
+        """The per-token rates worst cases of this price were reserved at, by kind of call
+        (proxy/estimate.py fills it)."""
+        return {}
+
     def multiplier(self, how: Mapping[str, str | None]) -> Decimal:
         """The product of the multipliers that apply to a call that ran `how` (geo, tier, speed)."""
         product = Decimal(1)

@@ -51,6 +51,8 @@ DEFAULT_CONTEXT_WINDOW = 1_000_000
 BYTES_PER_TOKEN = 3.5
 TYPICAL_IMAGE_TOKENS = 1_600
 # Tool types the client runs itself: no loop inside the call.
+# The most kinds of call (long or not, caching or not, geo, tier, speed) a price keeps the rates of.
+MAX_KEPT_RATES = 64
 CLIENT_TOOL_PREFIXES = ("custom", "bash_", "text_editor_", "computer_", "memory_")
 
 
@@ -153,35 +155,50 @@ def worst_case(
     window = (price.context_window if price else None) or DEFAULT_CONTEXT_WINDOW
     first = shape.text_tokens + shape.images * image_tokens + (TOOL_PROMPT_TOKENS if shape.tools else 0)
     first = min(window, window if shape.unmeasured else first)
-    uses = {
-        family: sum(default_uses if limit is None else limit for limit in limits)
-        for family, limits in shape.server_tools.items()
-    }
-    steps = min(SERVER_LOOP_STEPS, 1 + sum(uses.values())) if uses else 1
     output = max_tokens
     if price is not None and price.max_output_tokens:
         output = min(output, price.max_output_tokens)
-    # Each further step reads what the one before read, plus its output and its tools' results
-    # (at most the whole window, unless the operator bounds a tool result: TOOL_RESULT_TOKENS).
-    growth = (tool_result_tokens or window) + output
-    read = first + (sum(min(window, first + step * growth) for step in range(1, steps)) if steps > 1 else 0)
+    read, steps, uses = first, 1, {}
+    if shape.server_tools:
+        uses = {
+            family: sum(default_uses if limit is None else limit for limit in limits)
+            for family, limits in shape.server_tools.items()
+        }
+        steps = min(SERVER_LOOP_STEPS, 1 + sum(uses.values()))
+        # Each further step reads what the one before read, plus its output and its tools' results
+        # (at most the whole window, unless the operator bounds a tool result: TOOL_RESULT_TOKENS).
+        growth = (tool_result_tokens or window) + output
+        read += sum(min(window, first + step * growth) for step in range(1, steps))
     if shape.compaction:  # a summarising step before each, reading up to the window, writing up to max_tokens
         read, output, steps = read + steps * window, output * 2, steps * 2
-    tokens = read + output
     if price is None:
-        return WorstCase(tokens, Decimal(0))
+        return WorstCase(read + output, Decimal(0))
     long_tier = price.long_context
     may_be_long = long_tier is not None and (
         first > long_tier.above_input_tokens or (steps > 1 and window > long_tier.above_input_tokens)
     )
-    prices = long_tier.prices if may_be_long and long_tier is not None else price.tokens
-    input_price = prices.dearest_input if shape.caches else prices.input_per_mtok
-    token_usd = (read * input_price + output * prices.output_per_mtok) / MILLION
-    usd = token_usd * _dearest_multiplier(price, shape)
+    input_rate, output_rate = _rates(price, may_be_long, shape)
+    usd = read * input_rate + output * output_rate
     fee_of = price.server_tool_fees
     for family, count in uses.items():
         usd += count * fee_of.get(f"{family}_requests", Decimal(0))
-    return WorstCase(tokens, usd)
+    return WorstCase(read + output, usd)
+
+
+def _rates(price: Price, long: bool, shape: RequestShape) -> tuple[Decimal, Decimal]:
+    """The USD per input and per output token a call shaped so is reserved at: the dearest input
+    price when it caches, long-context prices when it may pass their threshold, times the dearest
+    multiplier. Kept on the price per kind of call (a price lives until the next reload, a second)."""
+    key = (long, shape.caches, shape.inference_geo, shape.service_tier, shape.speed)
+    rates = price.reserve_rates.get(key)
+    if rates is None:
+        prices = price.long_context.prices if long and price.long_context else price.tokens
+        input_price = prices.dearest_input if shape.caches else prices.input_per_mtok
+        multiplier = _dearest_multiplier(price, shape)
+        rates = (input_price * multiplier / MILLION, prices.output_per_mtok * multiplier / MILLION)
+        if len(price.reserve_rates) < MAX_KEPT_RATES:  # tenants name the geo, tier and speed: bounded
+            price.reserve_rates[key] = rates
+    return rates
 
 
 def _dearest_multiplier(price: Price, shape: RequestShape) -> Decimal:

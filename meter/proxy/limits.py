@@ -164,7 +164,8 @@ class Limiter:
         for requests, fixed_lines, remaining_name, beyond in lease.header_lines:
             headers.extend(fixed_lines)
             own = lease.requests if requests else lease.tokens
-            headers.append((remaining_name, b"%d" % max(0, math.floor(beyond + max(own, 0)))))
+            left = beyond + own if own > 0 else beyond  # a lease overdrawn by a request counts as empty
+            headers.append((remaining_name, str(int(left) if left > 0 else 0).encode()))
         return headers
 
     def _worst_case(self, exchange: Exchange) -> tuple[int, Decimal]:
@@ -172,13 +173,17 @@ class Limiter:
             return exchange.reservation.tokens, exchange.reservation.usd
         if not exchange.billed or exchange.shape is None or exchange.model is None:
             return 0, Decimal(0)  # count_tokens and models are free: they count against request limits only
-        bound = self.worst_case(exchange.caller, exchange.model, exchange.shape, exchange.max_tokens)
+        caller, model, shape = exchange.caller, exchange.model, exchange.shape
+        bound = self.worst_case(caller, model, shape, exchange.max_tokens, exchange.started_at)
         return bound.tokens, bound.usd
 
-    def worst_case(self, caller: Caller, model: str, shape: RequestShape, max_tokens: int) -> estimate.WorstCase:
-        """The most a call of `model` shaped so can cost (proxy/estimate.py), at today's price; a model
-        without a price is refused for a caller whose limits are in USD."""
-        price = self._prices.price_at(model, datetime.now(UTC))
+    def worst_case(
+        self, caller: Caller, model: str, shape: RequestShape, max_tokens: int, when: datetime | None = None
+    ) -> estimate.WorstCase:
+        """The most a call of `model` shaped so can cost (proxy/estimate.py), at the price of `when`
+        (the request's start; default now); a model without a price is refused for a caller whose
+        limits are in USD."""
+        price = self._prices.price_at(model, when or datetime.now(UTC))
         if price is None and caller.needs_price:
             raise InvalidRequest(
                 f"model: {model!r} has no price in meter, so it cannot be used with a budget or "
