@@ -11,6 +11,7 @@ from typing import Any
 from meter.pricing import LongContext, Price, TokenPrices
 from meter.proxy.estimate import (
     IMAGE_TOKENS,
+    MAX_KEPT_RATES,
     SERVER_LOOP_STEPS,
     TOOL_PROMPT_TOKENS,
     RequestShape,
@@ -171,3 +172,26 @@ def test_an_unpriced_model_still_bounds_tokens() -> None:
     found = shape({"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}})
     bound = worst_case(None, found, 7)
     assert bound.tokens == 1_000_000 + 7 and bound.usd == 0
+
+
+def test_the_rates_a_price_keeps_are_per_kind_of_call_and_bounded() -> None:
+    price = Price("m", PRICE.effective_from, PRICE.tokens, multipliers=PRICE.multipliers, context_window=200_000)
+    text = {"type": "text", "text": "hi"}
+    # One price, calls of every kind in turn: each is reserved at its own rates, whatever came before.
+    for _ in range(2):
+        kinds = (
+            ("us", "priority", "fast", D("2.75")),
+            ("us", "batch", None, D("0.55")),
+            ("us", "batch", "fast", D("1.1")),  # only the speed differs from the one before
+            ("eu", "batch", None, D("0.5")),  # a geo without a multiplier of its own: 1
+        )
+        for geo, tier, speed, factor in kinds:
+            found = shape(text, inference_geo=geo, service_tier=tier, speed=speed)
+            assert worst_case(price, found, 10).usd == (found.text_tokens * 3 + 10 * 15) * factor / D(1_000_000)
+        cached = shape({**text, "cache_control": {"type": "ephemeral"}}, inference_geo="us", service_tier="batch")
+        assert worst_case(price, cached, 10).usd == (cached.text_tokens * 6 + 10 * 15) * D("0.55") / D(1_000_000)
+    # Tenants name the tier: a thousand made-up ones keep at most MAX_KEPT_RATES kinds.
+    for i in range(1000):
+        made_up = shape(text, inference_geo="us", service_tier=f"tier-{i}", speed="fast")
+        assert worst_case(price, made_up, 10).usd == (made_up.text_tokens * 3 + 10 * 15) * D("2.2") / D(1_000_000)
+    assert len(price.reserve_rates) == MAX_KEPT_RATES
