@@ -71,6 +71,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # Bytes received since the current request's headers began, while they are being read.
         self._header_bytes: int | None = 0
         self._headers_seen = 0
+        # A request's headers have begun and are not complete yet.
+        self._in_headers = False
         # Set once the connection was answered and closed here: what the parser reads after is dropped.
         self._refused = False
 
@@ -89,20 +91,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._header_bytes is None:
             super().data_received(data)
-            return
-        headers_seen = self._headers_seen
-        super().data_received(data)
-        # Counted only while the same request's headers are still incomplete after this chunk: a
-        # chunk that completes them also holds the body, which is not the headers' size.
-        if self._header_bytes is not None and headers_seen == self._headers_seen:
-            self._header_bytes += len(data)
-            if self._header_bytes > self.max_header_bytes:
-                self._refuse(431, "Request Header Fields Too Large", "The request headers are too large.")
+        else:
+            headers_seen = self._headers_seen
+            super().data_received(data)
+            # Counted only while the same request's headers are still incomplete after this chunk: a
+            # chunk that completes them also holds the body, which is not the headers' size.
+            if self._header_bytes is not None and headers_seen == self._headers_seen:
+                self._header_bytes += len(data)
+                if self._header_bytes > self.max_header_bytes:
+                    self._refuse(431, "Request Header Fields Too Large", "The request headers are too large.")
+        # Headers that began in this chunk get their deadline only if it did not complete them: a
+        # request whose headers come in one read (nearly all) needs no timer (about 2 µs each).
+        if self._in_headers and self._header_deadline is None and not self._refused:
+            self._await_headers()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._header_deadline is None:
-            self._await_headers()
+        self._in_headers = True
 
     def on_headers_complete(self) -> None:
         self._headers_seen += 1
@@ -143,6 +148,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._header_deadline.cancel()
             self._header_deadline = None
         self._header_bytes = None
+        self._in_headers = False
 
     def _headers_timed_out(self) -> None:
         self._header_deadline = None

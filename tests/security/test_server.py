@@ -65,6 +65,28 @@ def test_a_client_that_drips_its_headers_is_cut_off(
     assert watch.new() == [("POST", "/v1/messages")]  # the other client's request only
 
 
+def test_a_kept_alive_connection_that_drips_its_next_request_s_headers_is_cut_off(
+    guarded: Process, tenant_key: dict[str, Any]
+) -> None:
+    """The deadline starts with each request's headers, not only with the connection's first."""
+    body = json.dumps(BODY).encode()
+    first = [f"{name}: {value}".encode() for name, value in headers(tenant_key).items()]
+    with Connection(guarded.base_url) as client:
+        head = b"\r\n".join([b"POST /v1/messages HTTP/1.1", b"host: meter.test", *first])
+        client.send(head + b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        assert client.read_answer().status == 200
+        client.send(b"POST /v1/messages HTTP/1.1\r\nhost: meter.test")
+
+        def drip() -> bool:
+            return client.readable(0.2) or not client.send(b"\r\nx-drip: a")
+
+        eventually(drip, 30, "meter to give up on the dripping client")
+        answer = client.read_answer()
+    assert answer.status == 408
+    anthropic_error(answer.status, answer.headers, answer.body, "invalid_request_error")
+    assert answer.closed
+
+
 def test_a_connection_that_never_sends_a_request_is_closed(guarded: Process) -> None:
     with Connection(guarded.base_url) as idle:
         eventually(lambda: idle.readable(0.2), 30, "meter to give up on the idle connection")

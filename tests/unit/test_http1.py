@@ -227,6 +227,36 @@ async def test_silence_past_the_deadline_is_a_timeout_and_a_cut_answer_is_broken
             await http1.Pool(url, 10, 5).request("GET", "/", [], b"", 5)
 
 
+async def test_the_deadline_is_silence_per_wait_and_each_request_s_own() -> None:
+    async def quick_trickle_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(8):  # 0.8 s in all, never 0.3 s of silence
+            await asyncio.sleep(0.1)
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await read_request(reader)  # the third request on this connection gets no answer
+        await reader.read()
+
+    async with raw_server(quick_trickle_silent) as (url, connections):
+        pool = http1.Pool(url, 1, 5)
+        answer = await pool.request("GET", "/quick", [], b"", 60)
+        assert await answer.read() == b"ok"
+        answer.release()
+        # The same connection, a deadline far shorter than the last one's, met by every chunk.
+        answer = await pool.request("GET", "/slow", [], b"", 0.3)
+        assert await answer.read() == b"x" * 8
+        answer.release()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(5) as outer:
+                await pool.request("GET", "/silent", [], b"", 0.2)
+        assert not outer.expired()
+        assert len(connections) == 1
+
+
 async def test_a_line_break_in_a_header_is_refused_before_anything_is_sent() -> None:
     async with raw_server(answering(JSON)) as (url, connections):
         pool = http1.Pool(url, 10, 5)

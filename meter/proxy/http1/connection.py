@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httptools
 
 # Body bytes buffered past this pause reading from the socket until the reader catches up.
 HIGH_WATER = 256 * 1024
 CRLF = b"\r\n"
+# A deadline's timer may fire this early (the event loop's clock is in milliseconds): it is met then.
+DEADLINE_SLACK_S = 0.001
 T = TypeVar("T")
 
 
@@ -91,6 +93,10 @@ class Connection(asyncio.Protocol):
         self._until_eof = False
         self._paused = False
         self._write_ready: asyncio.Future[None] | None = None
+        # The read deadline of what is awaited now, and the timer that checks it (_wait).
+        self._deadline = 0.0
+        self._waiting: asyncio.Future[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self.idle_since = 0.0
         # Between `request` and `finish`: an answer is being read from it.
         self._in_use = False
@@ -118,6 +124,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.uncount()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._head is None and self._until_eof and exc is None:
             self._complete = True
             self._wake()
@@ -220,11 +229,28 @@ class Connection(asyncio.Protocol):
         return chunk
 
     async def _wait(self, future: asyncio.Future[T]) -> T:
-        timer = self._loop.call_later(self._read_timeout_s, self._timed_out, future)
+        # One timer per connection, moved on lazily (_check_deadline): making and cancelling a timer
+        # for every wait cost about 2 µs, and deadlines are nearly always met.
+        deadline = self._loop.time() + self._read_timeout_s
+        self._deadline, self._waiting = deadline, future
+        if self._timer is None or self._timer.when() > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._check_deadline)
         try:
             return await future
         finally:
-            timer.cancel()
+            self._waiting = None
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        future = self._waiting
+        if future is None or future.done():
+            return  # nothing waits: the next wait sets a timer again
+        if self._loop.time() < self._deadline - DEADLINE_SLACK_S:
+            self._timer = self._loop.call_at(self._deadline, self._check_deadline)  # moved on since it was set
+            return
+        self._timed_out(future)
 
     def _timed_out(self, future: asyncio.Future[T]) -> None:
         if not future.done():
