@@ -32,6 +32,7 @@ from meter.proxy.limits import Limiter
 from meter.proxy.recorder import Recorder
 from meter.proxy.relay import relay_raw, relay_stream, relay_whole, send_answer
 from meter.proxy.request import read_body, spool_body
+from meter.server import BODY_RECEIVED
 
 log = logging.getLogger("meter.proxy")
 # The longest an answer waits for its hold's rest to be back in Postgres (exact mode, leases.py).
@@ -143,10 +144,11 @@ class Gateway:
     ) -> None:
         limit = endpoint.body_limit or self._max_body_bytes
         body, spool = b"", None
+        received = scope.get(BODY_RECEIVED, False)
         if endpoint.spooled:
-            spool = await spool_body(incoming, receive, limit, self._body_timeout_s)
+            spool = await spool_body(incoming, receive, limit, self._body_timeout_s, received)
         else:
-            body = await read_body(incoming, receive, limit, self._body_timeout_s)
+            body = await read_body(incoming, receive, limit, self._body_timeout_s, received)
         request = TenantRequest(
             method=scope["method"],
             path=route.path,

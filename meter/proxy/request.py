@@ -33,51 +33,67 @@ MAX_MODEL_LENGTH = 256
 MAX_TOKENS = 2**31 - 1
 
 
-async def read_body(headers: dict[bytes, bytes], receive: Any, limit: int, timeout_s: float) -> bytes:
-    """The whole request body, read with a deadline of `timeout_s` between chunks.
+async def read_body(
+    headers: dict[bytes, bytes], receive: Any, limit: int, timeout_s: float, received: bool = False
+) -> bytes:
+    """The whole request body, read with a deadline of `timeout_s` between chunks (none when the
+    server says it has `received` it all already).
 
     A body declared larger than `limit` is refused at once, before it is uploaded: the server
     discards what the client still sends, so a client that writes its whole body before reading
     still gets the 413 (past DISCARD_LIMIT the connection is closed instead). A body without a
     declared length is cut off the moment it passes `limit`, and its connection closed."""
     chunks: list[bytes] = []
-    await _read_into(chunks.append, headers, receive, limit, timeout_s)
+    await _read_into(chunks.append, headers, receive, limit, timeout_s, received)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _read_into(
-    sink: Callable[[bytes], object], headers: dict[bytes, bytes], receive: Any, limit: int, timeout_s: float
+    sink: Callable[[bytes], object],
+    headers: dict[bytes, bytes],
+    receive: Any,
+    limit: int,
+    timeout_s: float,
+    received: bool = False,
 ) -> None:
     declared = headers.get(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit, close=int(declared) > DISCARD_LIMIT)
     size = 0
+    if received:  # all of it is in the server's hands: one receive, which cannot wait
+        size = _take(await receive(), sink, size, limit)
+        if size < 0:
+            return
     loop = asyncio.get_running_loop()
     # One deadline for the whole body, moved on by each chunk: `timeout_s` of silence ends it.
     deadline = asyncio.timeout(timeout_s)
     try:
         async with deadline:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise InvalidRequest("The client closed the connection before sending the whole body.")
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit, close=True)
-                sink(chunk)
-                if not message.get("more_body", False):
-                    return
+            while (size := _take(await receive(), sink, size, limit)) >= 0:
                 deadline.reschedule(loop.time() + timeout_s)
     except TimeoutError:
         raise RequestTimeout(f"The request body did not arrive: nothing for {timeout_s:g} s.") from None
 
 
-async def spool_body(headers: dict[bytes, bytes], receive: Any, limit: int, timeout_s: float) -> IO[bytes]:
+def _take(message: Any, sink: Callable[[bytes], object], size: int, limit: int) -> int:
+    """One ASGI message of the body into `sink`: the size read so far, or -1 at the body's end."""
+    if message["type"] == "http.disconnect":
+        raise InvalidRequest("The client closed the connection before sending the whole body.")
+    chunk = message.get("body", b"")
+    size += len(chunk)
+    if size > limit:
+        raise _too_large(limit, close=True)
+    sink(chunk)
+    return size if message.get("more_body", False) else -1
+
+
+async def spool_body(
+    headers: dict[bytes, bytes], receive: Any, limit: int, timeout_s: float, received: bool = False
+) -> IO[bytes]:
     """The body, as `read_body` reads it, in a temporary file (kept in memory while small), rewound."""
     spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)  # noqa: SIM115
     try:
-        await _read_into(spool.write, headers, receive, limit, timeout_s)
+        await _read_into(spool.write, headers, receive, limit, timeout_s, received)
     except BaseException:
         spool.close()
         raise
