@@ -50,8 +50,9 @@ _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
 # A slice is at most this share of what a subject has left beyond the request at hand.
 SHARE = Decimal("0.25")
-# A slice covers this many requests like the last one, doubling while refills come quickly.
-FIRST_MULTIPLE, MAX_MULTIPLE = 8, 512
+# A slice covers this many requests like the last one, doubling while refills come within a second
+# (up to MAX_MULTIPLE: about one refill a second for a tenant's 4,000 requests a second to a process).
+FIRST_MULTIPLE, MAX_MULTIPLE = 8, 4096
 SLOTS_PER_SLICE = 8
 # A lease unused this long gives its headroom back.
 IDLE_S = 2.0
