@@ -45,6 +45,19 @@ def answered_while_sending(connection: Connection, pieces: Any, limit: int) -> i
 # Headers
 
 
+def drip_until_cut_off(connection: Connection) -> None:
+    """Send header lines a few at a time until meter answers: a 408 in Anthropic's format, closed."""
+
+    def drip() -> bool:
+        return connection.readable(0.2) or not connection.send(b"\r\nx-drip: a")
+
+    eventually(drip, 30, "meter to give up on the dripping client")
+    answer = connection.read_answer()
+    assert answer.status == 408
+    anthropic_error(answer.status, answer.headers, answer.body, "invalid_request_error")
+    assert answer.closed
+
+
 def test_a_client_that_drips_its_headers_is_cut_off(
     guarded: Process, upstream: Process, tenant_key: dict[str, Any]
 ) -> None:
@@ -53,15 +66,7 @@ def test_a_client_that_drips_its_headers_is_cut_off(
         slow.send(b"POST /v1/messages HTTP/1.1\r\nhost: meter.test\r\nx-api-key: " + tenant_key["key"].encode())
         # Others are served while it drips.
         assert httpx.post(guarded.base_url + "/v1/messages", json=BODY, headers=headers(tenant_key)).status_code == 200
-
-        def drip() -> bool:
-            return slow.readable(0.2) or not slow.send(b"\r\nx-drip: a")
-
-        eventually(drip, 30, "meter to give up on the dripping client")
-        answer = slow.read_answer()
-    assert answer.status == 408
-    anthropic_error(answer.status, answer.headers, answer.body, "invalid_request_error")
-    assert answer.closed
+        drip_until_cut_off(slow)
     assert watch.new() == [("POST", "/v1/messages")]  # the other client's request only
 
 
@@ -76,15 +81,7 @@ def test_a_kept_alive_connection_that_drips_its_next_request_s_headers_is_cut_of
         client.send(head + b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         assert client.read_answer().status == 200
         client.send(b"POST /v1/messages HTTP/1.1\r\nhost: meter.test")
-
-        def drip() -> bool:
-            return client.readable(0.2) or not client.send(b"\r\nx-drip: a")
-
-        eventually(drip, 30, "meter to give up on the dripping client")
-        answer = client.read_answer()
-    assert answer.status == 408
-    anthropic_error(answer.status, answer.headers, answer.body, "invalid_request_error")
-    assert answer.closed
+        drip_until_cut_off(client)
 
 
 def test_a_connection_that_never_sends_a_request_is_closed(guarded: Process) -> None:
