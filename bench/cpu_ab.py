@@ -1,6 +1,8 @@
 """CPU per answered request of two or more meter builds, side by side: the same demo upstream, a
 database each, `hey` against each in turn (interleaved rounds), and the meter process's utime +
-stime from /proc per 200 answer. Less disturbed by other jobs on the machine than req/s.
+stime from /proc per 200 answer; beside it, what the demo upstream and every Postgres process
+spent per answer meanwhile (their sum is what decides req/s once the cores are full). Less
+disturbed by other jobs on the machine than req/s.
 
     .venv/bin/python bench/cpu_ab.py OLD_CHECKOUT NEW_CHECKOUT[:METER_X=1,...] [connections] [seconds] [rounds]
 
@@ -37,6 +39,20 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def postgres_cpu_s() -> float:
+    """The CPU of every process named postgres (the server's backends, the writer, the WAL)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # gone meanwhile
+        if text.split(" (", 1)[1].startswith("postgres)"):
+            fields = text.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
 
 
 def start_build(spec: str, index: int, upstream_url: str, server_url: str, work: Path) -> Process:
@@ -79,11 +95,12 @@ def main() -> None:
                 keys = {"free": create_tenant_key(meter.base_url, ADMIN_TOKEN),
                         "limited": create_tenant_key(meter.base_url, ADMIN_TOKEN, LIMITS)}  # fmt: skip
                 builds.append((spec, meter, keys))
-            results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+            results: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
             for _ in range(int(rounds)):
                 for kind in ("free", "limited"):
                     for spec, meter, keys in builds:
                         before = cpu_s(meter.process.pid)
+                        peers = cpu_s(upstream.process.pid), postgres_cpu_s()
                         out = subprocess.run(
                             ["hey", "-z", f"{seconds}s", "-c", connections, "-m", "POST", "-T", "application/json",
                              "-H", f"x-api-key: {keys[kind]}", "-H", "anthropic-version: 2023-06-01", "-d", body,
@@ -91,15 +108,20 @@ def main() -> None:
                             capture_output=True, text=True, check=True,
                         ).stdout  # fmt: skip
                         used = cpu_s(meter.process.pid) - before
+                        upstream_used = cpu_s(upstream.process.pid) - peers[0]
+                        postgres_used = postgres_cpu_s() - peers[1]
                         answered = re.search(r"\[200\]\s+(\d+) responses", out)
                         per_s = re.search(r"Requests/sec:\s+([0-9.]+)", out)
                         assert answered and per_s, out
+                        n = int(answered.group(1))
                         results.setdefault((spec, kind), []).append(
-                            (used / int(answered.group(1)) * 1e6, float(per_s.group(1)))
+                            (used / n * 1e6, float(per_s.group(1)), upstream_used / n * 1e6, postgres_used / n * 1e6)
                         )
             for (spec, kind), runs in results.items():
                 print(f"{spec:40} {kind:8} CPU per request median {statistics.median(r[0] for r in runs):6.0f} µs "
-                      f"(runs {[round(r[0]) for r in runs]}), best {max(r[1] for r in runs):,.0f} req/s")  # fmt: skip
+                      f"(runs {[round(r[0]) for r in runs]}), best {max(r[1] for r in runs):,.0f} req/s; "
+                      f"upstream {statistics.median(r[2] for r in runs):4.0f} µs, "
+                      f"postgres {statistics.median(r[3] for r in runs):4.0f} µs")  # fmt: skip
         finally:
             for _, meter, _ in builds:
                 meter.stop()

@@ -5,7 +5,8 @@ a Postgres of the benchmark's own (embedded, so that its CPU time is its alone o
 once directly and once through a real PgBouncer in transaction mode, then directly again with every
 row a limited tenant's (settling its share of a lease, as the recorder's rows do). Postgres's CPU
 time (the postmaster and every backend and helper under it) is read from /proc before and after each
-run: rows / Postgres CPU-seconds is what one fully busy Postgres core writes.
+run: rows / Postgres CPU-seconds is what one fully busy Postgres core writes. The CPU this process
+spent meanwhile (queueing the rows, building and encoding each batch) is meter's side of it.
 
     .venv/bin/python -m bench.ledger_per_core [--rows 100000]
 """
@@ -86,8 +87,9 @@ async def write(
     writer.start()
     run = ledger_bench.LedgerRun(label, rows, None)
     try:
-        before, bouncer_before = postgres.ticks(), bouncer.ticks()
+        before, bouncer_before, own_before = postgres.ticks(), bouncer.ticks(), time.process_time()
         await ledger_bench._run(writer, registry, run, batch, settlements)
+        own_s = time.process_time() - own_before
         cpu_s = (postgres.ticks() - before) / TICKS_PER_S
         bouncer_s = (bouncer.ticks() - bouncer_before) / TICKS_PER_S
         await writer.close()
@@ -98,6 +100,7 @@ async def write(
         "postgres cpu s": cpu_s,
         "rows per postgres cpu-second": rows / cpu_s,
         "pgbouncer cpu s": bouncer_s,
+        "writer cpu us per row": own_s / rows * 1e6,
     }
 
 
@@ -135,12 +138,14 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
     print(f"commit {commit}, {os.cpu_count()} cores ({cpu}), {platform.platform()}, {time.strftime('%Y-%m-%d')}")
     print(f"{args.rows:,} rows per run, unthrottled, meter's default batching")
-    print("| path | written rows/s | Postgres CPU s | rows per Postgres CPU-second | PgBouncer CPU s |")
-    print("|---|---|---|---|---|")
+    print("| path | written rows/s | Postgres CPU s | rows per Postgres CPU-second | PgBouncer CPU s "
+          "| writer CPU per row |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for label, result in results.items():
         print(
             f"| {label} | {result['rows/s']:,.0f} | {result['postgres cpu s']:.2f} | "
-            f"{result['rows per postgres cpu-second']:,.0f} | {result['pgbouncer cpu s']:.2f} |"
+            f"{result['rows per postgres cpu-second']:,.0f} | {result['pgbouncer cpu s']:.2f} | "
+            f"{result['writer cpu us per row']:.1f} µs |"
         )
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from meter import periods
 from meter.db.models import LIMIT_SETTINGS, api_keys, limits, tenants, usage_events
 from meter.db.rows import JSON_FIELDS, LEDGER_FIELDS, LedgerRow, Settlement
+from meter.usage import COUNTERS as LIMITED_COUNTERS
 
 _tenant_limits = limits.alias("tenant_limits")
 _key_limits = limits.alias("key_limits")
@@ -85,11 +86,13 @@ _COUNTERS = (
     "cache_read_input_tokens",
 )
 _names = ", ".join(LEDGER_FIELDS)
+# What a row counts against token limits (Usage.total_tokens).
+_ROW_TOKENS = " + ".join(f"i.{name}" for name in LIMITED_COUNTERS)
 
 # One statement, one round trip, atomic: insert the rows (a request id already there is skipped, so
 # a retried batch is harmless), and for the rows actually inserted, and only those, add them to the
-# daily rollups, note when each key was last used, and settle their limit reservations (summed per
-# hold first: a lease's many settlements in a batch become one).
+# daily rollups, note when each key was last used, and settle their limit reservations with the
+# usage of their rows (summed per hold first: a lease's many settlements in a batch become one).
 _WRITE_BATCH = text(
     f"""
 WITH inserted AS (
@@ -114,13 +117,13 @@ WITH inserted AS (
     FROM (SELECT key_id, max(started_at) AS last FROM inserted GROUP BY key_id) u
     WHERE k.id = u.key_id
 ), settled AS (
-    SELECT s.hold, s.lease, string_to_array(s.subjects, ',') AS subjects, s.day, s.month,
-           sum(s.tokens) AS tokens, sum(s.usd) AS usd
-    FROM unnest(CAST(:s_request_id AS text[]), CAST(:s_hold AS text[]), CAST(:s_lease AS boolean[]),
-                CAST(:s_subjects AS text[]), CAST(:s_day AS date[]), CAST(:s_month AS date[]),
-                CAST(:s_tokens AS bigint[]), CAST(:s_usd AS numeric[]))
-         AS s(request_id, hold, lease, subjects, day, month, tokens, usd)
-    WHERE s.request_id IN (SELECT request_id FROM inserted)
+    SELECT g.hold, g.lease, string_to_array(g.subjects, ',') AS subjects, g.day, g.month,
+           sum({_ROW_TOKENS}) AS tokens, COALESCE(sum(i.cost_usd), 0) AS usd
+    FROM unnest(CAST(:s_request_id AS text[]), CAST(:s_hold AS integer[])) AS s(request_id, hold_n)
+    JOIN inserted i USING (request_id)
+    JOIN unnest(CAST(:h_id AS text[]), CAST(:h_lease AS boolean[]), CAST(:h_subjects AS text[]),
+                CAST(:h_day AS date[]), CAST(:h_month AS date[]))
+         WITH ORDINALITY AS g(hold, lease, subjects, day, month, n) ON g.n = s.hold_n
     GROUP BY 1, 2, 3, 4, 5
 )
 SELECT meter_settle(COALESCE((SELECT jsonb_agg(settled) FROM settled), '[]'::jsonb))
@@ -141,18 +144,22 @@ async def write_ledger_batch(
 
 
 def _settlement_columns(settlements: Sequence[Settlement]) -> dict[str, list[Any]]:
-    """Settlements as the batch statement's arrays, one element each (subject ids, which never hold
-    a comma, joined by commas): typed arrays cost Postgres far less per row than JSON, and the
-    statement sums a lease's settlements before meter_settle reads them."""
+    """Settlements as the batch statement's arrays: per settlement its request id and the index of
+    its hold, and per hold (a lease's many settlements share one) what meter_settle needs of it,
+    subject ids (which never hold a comma) joined by commas. The usage settled is the row's own."""
+    holds: dict[tuple[str, bool, tuple[str, ...], str, str], int] = {}
+    request_ids, indices = [], []
+    for s in settlements:
+        request_ids.append(s.request_id)
+        indices.append(holds.setdefault((s.hold, s.lease, tuple(s.subjects), s.day, s.month), len(holds) + 1))
     return {
-        "s_request_id": [s.request_id for s in settlements],
-        "s_hold": [s.hold for s in settlements],
-        "s_lease": [s.lease for s in settlements],
-        "s_subjects": [",".join(s.subjects) for s in settlements],
-        "s_day": [date.fromisoformat(s.day) for s in settlements],
-        "s_month": [date.fromisoformat(s.month) for s in settlements],
-        "s_tokens": [s.tokens for s in settlements],
-        "s_usd": [s.usd for s in settlements],
+        "s_request_id": request_ids,
+        "s_hold": indices,
+        "h_id": [hold for hold, _, _, _, _ in holds],
+        "h_lease": [lease for _, lease, _, _, _ in holds],
+        "h_subjects": [",".join(subjects) for _, _, subjects, _, _ in holds],
+        "h_day": [date.fromisoformat(day) for _, _, _, day, _ in holds],
+        "h_month": [date.fromisoformat(month) for _, _, _, _, month in holds],
     }
 
 

@@ -55,8 +55,10 @@ class LedgerRow(msgspec.Struct, kw_only=True):
 
 
 class Settlement(msgspec.Struct, kw_only=True):
-    """What meter_settle (see the 0007 migration) reads: the ledger's batch statement sends these
-    fields as typed arrays and sums them per hold first, `queries.settle` as JSON."""
+    """What meter_settle (see the 0007 migration) reads. `tokens` and `usd` are what the request's
+    ledger row counts against limits and costs: the ledger's batch statement settles the rows it
+    inserts with their own usage (summed per hold), `queries.settle`, for a row never inserted,
+    with these."""
 
     hold: str
     request_id: str
