@@ -71,7 +71,7 @@ RECLAIM_EVERY_S = 1.0
 EXACT_S = 5.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Need:
     """What one request takes from a lease while it runs."""
 
@@ -99,7 +99,8 @@ class Lease:
         self.requests = 0.0
         self.slots = 0
         self.running = 0
-        self.granted = Need(0, Decimal(0), 0, 0.0)
+        # Below any of these (REFILL_BELOW of what was last granted) the lease is refilled.
+        self.refill_below: tuple[float, Decimal, float, float] = (0.0, Decimal(0), 0.0, 0.0)
         self.multiple = FIRST_MULTIPLE
         self.refilled_at = 0.0
         self.used_at = time.monotonic()
@@ -113,20 +114,24 @@ class Lease:
         self.header_lines: list[Any] | None = None
 
     def covers(self, need: Need) -> bool:
-        return (
-            self.tokens >= need.tokens
-            and self.usd >= need.usd
-            and self.requests >= need.requests
-            and self.slots >= need.slots
-        )
+        return (self.tokens >= need.tokens and self.usd >= need.usd and self.requests >= need.requests
+                and self.slots >= need.slots)  # fmt: skip
 
-    def take(self, need: Need) -> None:
+    def take(self, need: Need, now: float) -> None:
         self.tokens -= need.tokens
         self.usd -= need.usd
         self.requests -= need.requests
         self.slots -= need.slots
         self.running += 1
-        self.used_at = time.monotonic()
+        self.used_at = now
+
+    def grant(self, granted: Need) -> None:
+        self.tokens += granted.tokens
+        self.usd += granted.usd
+        self.requests += granted.requests
+        self.slots += granted.slots
+        self.refill_below = (granted.tokens * REFILL_BELOW, granted.usd * _REFILL_BELOW_USD,
+                             granted.requests * REFILL_BELOW, granted.slots * REFILL_BELOW)  # fmt: skip
 
     def finish(self, need: Need, tokens: int, usd: Decimal) -> None:
         """A request is over: what it did not use of its bound is the lease's again (its row's
@@ -137,13 +142,8 @@ class Lease:
         self.running -= 1
 
     def low(self) -> bool:
-        g = self.granted
-        return (
-            self.tokens < g.tokens * REFILL_BELOW
-            or self.usd < g.usd * _REFILL_BELOW_USD
-            or self.requests < g.requests * REFILL_BELOW
-            or self.slots < g.slots * REFILL_BELOW
-        )
+        tokens, usd, requests, slots = self.refill_below
+        return self.tokens < tokens or self.usd < usd or self.requests < requests or self.slots < slots
 
     def unused(self) -> dict[str, Any]:
         return {
@@ -174,40 +174,53 @@ class LeaseBook:
         # Subject sets whose headroom ran out lately: leased request by request until then.
         self._exact_until: dict[tuple[str, ...], float] = {}
 
-    async def take(self, subjects: tuple[str, ...], need: Need) -> tuple[Lease, Finish]:
-        """Take `need` from the subjects' lease (refilling it if it cannot cover it); Refused if the
-        headroom, everywhere, is not there. Returns the lease and what to call when the request ends."""
+    def take(self, subjects: tuple[str, ...], need: Need) -> tuple[Lease, Finish] | None:
+        """Take `need` from the subjects' lease if it covers it, with no round trip: the lease and
+        what to call when the request ends. None if the lease must be refilled first (`refill_and_take`)."""
+        now = time.monotonic()
+        lease = self._usable_lease(subjects, now)
+        return self._taken(lease, need, now) if lease.covers(need) else None
+
+    async def refill_and_take(self, subjects: tuple[str, ...], need: Need) -> tuple[Lease, Finish]:
+        """`take`, refilling the lease first as far as it cannot cover `need`; Refused if the headroom,
+        everywhere, is not there."""
+        lease = self._usable_lease(subjects, time.monotonic())
+        refused = None
+        async with lease.lock:
+            if not lease.covers(need):
+                try:
+                    await self._refill_for(lease, need)
+                except Refused as exc:
+                    refused = exc
+        if refused is not None:
+            # Nothing stays in this lease while it refuses: before the refusal is answered, what it
+            # holds goes back, so the caller's next request, on any process, can have it.
+            await self._quietly(self.give_back(lease))
+            raise refused
+        return self._taken(lease, need, time.monotonic())
+
+    def _usable_lease(self, subjects: tuple[str, ...], now: float) -> Lease:
         lease = self._leases.get(subjects)
-        if lease is not None and lease.valid_until and time.monotonic() > lease.valid_until - self._margin_s:
+        if lease is not None and lease.valid_until and now > lease.valid_until - self._margin_s:
             # Its hold may lapse (renewals were late, Postgres slow or away): what it still holds may be
             # anyone's soon. Never spend it; a new lease starts from what Postgres says.
             self.retire(set(subjects))
             lease = None
         if lease is None:
             lease = self._leases[subjects] = Lease(f"lease_{self._owner}_{secrets.token_hex(4)}", subjects)
-        if not lease.covers(need):
-            refused = None
-            async with lease.lock:
-                if not lease.covers(need):
-                    try:
-                        await self._refill_for(lease, need)
-                    except Refused as exc:
-                        refused = exc
-            if refused is not None:
-                # Nothing stays in this lease while it refuses: before the refusal is answered, what it
-                # holds goes back, so the caller's next request, on any process, can have it.
-                await self._quietly(self.give_back(lease))
-                raise refused
-        lease.take(need)
+        return lease
+
+    def _taken(self, lease: Lease, need: Need, now: float) -> tuple[Lease, Finish]:
+        lease.take(need, now)
+        subjects = lease.subjects
         if lease.low() and not lease.lock.locked() and not self._exact(subjects):
             self._spawn(self._refill_ahead(lease, need))
 
         def finish(tokens: int, usd: Decimal) -> asyncio.Task[None] | None:
             lease.finish(need, tokens, usd)
             if self._exact(subjects):
-                # Request by request: what this one did not use goes back at once; the gateway
-                # waits for it before the answer completes, so the caller's next request, on any
-                # process, finds it in Postgres rather than in this lease.
+                # Request by request: what this one did not use goes back at once, before the answer
+                # completes (the gateway waits), so the caller's next request finds it in Postgres.
                 return self._spawn(self._quietly(self.give_back(lease)))
             return None
 
@@ -292,11 +305,7 @@ class LeaseBook:
         if answer["ok"]:
             granted = Need(int(answer["tokens"]), Decimal(str(answer["usd"])), int(answer["slots"]),
                            float(answer["requests"]))  # fmt: skip
-            lease.tokens += granted.tokens
-            lease.usd += granted.usd
-            lease.requests += granted.requests
-            lease.slots += granted.slots
-            lease.granted = granted
+            lease.grant(granted)
             lease.valid_until = sent + self._ttl_s
             lease.headers = {k: answer[k] for k in ("request_header", "token_header") if answer.get(k)}
             lease.header_lines = None

@@ -88,12 +88,29 @@ class Limiter:
     async def reserve(self, exchange: Exchange) -> None:
         """Reserve the worst case for `exchange`, or raise the error the tenant should see."""
         caller = exchange.caller
-        if not caller.limit_subjects:
+        subjects = caller.limit_subjects
+        if not subjects:
             return
         tokens, usd = self._worst_case(exchange)
-        if exchange.reservation is None:
-            await self._take_from_lease(exchange, Need(tokens, usd, slots=1))
+        if exchange.reservation is not None:
+            await self._reserve_alone(exchange, tokens, usd)
             return
+        need = Need(tokens, usd, slots=1)
+        try:
+            taken = self.leases.take(subjects, need) or await self.leases.refill_and_take(subjects, need)
+        except Refused as refused:
+            self._metrics.limit_rejections.labels(refused.refusal["reason"]).inc()
+            raise refusal_error(refused.refusal) from None
+        except (DBAPIError, OSError) as exc:
+            raise Overloaded("meter cannot check limits right now; try again shortly.") from exc
+        lease, finish = taken
+        day, month = self._period_of(exchange.started_at.date())
+        exchange.hold = Hold(lease.id, exchange.request_id, subjects, day, month, True, finish)
+        exchange.response_headers = self._ratelimit_headers(lease)
+
+    async def _reserve_alone(self, exchange: Exchange, tokens: int, usd: Decimal) -> None:
+        """A reservation of its own, held in Postgres with one call of meter_reserve."""
+        caller = exchange.caller
         hold_id = "hold_" + exchange.request_id
         own = exchange.reservation
         arguments = {
@@ -123,19 +140,6 @@ class Limiter:
             raise refusal_error(refusal)
         exchange.hold = Hold(hold_id, exchange.request_id, caller.limit_subjects, answer["day"], answer["month"])
         exchange.response_headers = ratelimit_headers(answer)
-
-    async def _take_from_lease(self, exchange: Exchange, need: Need) -> None:
-        subjects = exchange.caller.limit_subjects
-        try:
-            lease, finish = await self.leases.take(subjects, need)
-        except Refused as refused:
-            self._metrics.limit_rejections.labels(refused.refusal["reason"]).inc()
-            raise refusal_error(refused.refusal) from None
-        except (DBAPIError, OSError) as exc:
-            raise Overloaded("meter cannot check limits right now; try again shortly.") from exc
-        day, month = self._period_of(exchange.started_at.date())
-        exchange.hold = Hold(lease.id, exchange.request_id, subjects, day, month, True, finish)
-        exchange.response_headers = self._ratelimit_headers(lease)
 
     def _period_of(self, day: date) -> tuple[str, str]:
         """The UTC day and month of a request as settlements carry them (the same all day long)."""
