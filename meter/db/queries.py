@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -201,11 +202,12 @@ def _without_nul(value: Any) -> Any:
     return value
 
 
-async def settle(conn: AsyncConnection, settlements: Sequence[Settlement]) -> None:
-    """Settle reservations without their ledger rows (for rows Postgres refused)."""
+async def settle(conn: AsyncConnection, settlement: Settlement, tokens: int, usd: Decimal) -> None:
+    """Settle a reservation with this much usage, without a ledger row (a row Postgres refused, a
+    batch that used nothing)."""
+    usage = {**msgspec.structs.asdict(settlement), "tokens": tokens, "usd": usd}
     await conn.execute(
-        text("SELECT meter_settle(CAST(:settlements AS jsonb))"),
-        {"settlements": msgspec.json.encode(settlements).decode()},
+        text("SELECT meter_settle(CAST(:settlements AS jsonb))"), {"settlements": msgspec.json.encode([usage]).decode()}
     )
 
 

@@ -12,12 +12,12 @@ import anthropic
 import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from meter.credentials import new_id
 from meter.db.engine import create_engine
 from meter.db.models import usage_quarantine
-from meter.db.rows import LedgerRow
+from meter.db.rows import LedgerRow, Settlement
 from meter.ledger import LedgerWriter
 from meter.metrics import Metrics
 from meter.spool import Record, Spool
@@ -82,6 +82,43 @@ async def test_rows_are_idempotent_and_invalid_rows_are_isolated(database_url: s
     assert registry.get_sample_value("meter_ledger_rows_quarantined_total") == 1
     assert registry.get_sample_value("meter_ledger_rows_dropped_total") == 0
     assert (registry.get_sample_value("meter_ledger_rows_written_total") or 0) >= 121
+
+
+async def test_a_refused_row_still_settles_its_hold_with_its_own_usage(database_url: str) -> None:
+    """Postgres rejects the row (quarantined), yet what it used counts against its tenant's limits and
+    its hold is released, as if the row had gone in."""
+    engine = create_engine(database_url)
+    tenant, hold = new_id("ten"), new_id("hold")
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO tenants (id, name) VALUES (:t, 'refused row')"), {"t": tenant})
+        insert = "INSERT INTO limits (subject_id, tenant_id, tokens_per_day, budget_usd_per_month)"
+        await conn.execute(text(insert + " VALUES (:t, :t, 10000, 5)"), {"t": tenant})
+        reserved = await conn.execute(
+            text("SELECT meter_reserve(:hold, 'proc_test', ARRAY[:t], 1000, 0.5, 60, true)"),
+            {"hold": hold, "t": tenant},
+        )
+        assert "true" in str(reserved.scalar_one()).lower()
+    bad = synthetic_row(tenant_id=tenant, duration_ms=2**40, input_tokens=7, cache_read_input_tokens=5,
+                        output_tokens=9, cost_usd=Decimal("0.000123"))  # fmt: skip
+    day = bad.started_at.date()
+    settlement = Settlement(hold=hold, request_id=bad.request_id, subjects=[tenant], day=day.isoformat(),
+                            month=day.replace(day=1).isoformat())  # fmt: skip
+    writer = LedgerWriter(engine, Metrics(CollectorRegistry()), batch_rows=10, flush_interval_s=0.01)
+    writer.start()
+    try:
+        writer.record(bad, settlement)
+        await writer.flush()
+    finally:
+        await writer.close()
+    async with engine.connect() as conn:
+        limits = (
+            (await conn.execute(text("SELECT * FROM limits WHERE subject_id = :t"), {"t": tenant})).mappings().one()
+        )
+        holds = (await conn.execute(text("SELECT count(*) FROM holds WHERE id = :h"), {"h": hold})).scalar_one()
+    await engine.dispose()
+    assert await quarantined(engine_url=database_url, request_id=bad.request_id)
+    assert (limits["day_tokens"], limits["month_usd"]) == (7 + 5 + 9, Decimal("0.000123"))
+    assert (limits["day_tokens_held"], limits["month_usd_held"], limits["in_flight"], holds) == (0, 0, 0, 0)
 
 
 async def quarantined(engine_url: str, request_id: str) -> list[dict[str, Any]]:
