@@ -20,6 +20,7 @@ import platform
 import subprocess
 import tempfile
 import time
+from decimal import Decimal
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -58,7 +59,7 @@ def lease_settlements(rows: list[LedgerRow]) -> list[Settlement]:
     return [
         Settlement(hold="lease_bench", request_id=row.request_id, subjects=["ten_bench"],
                    day=row.started_at.date().isoformat(), month=month_start(row.started_at.date()).isoformat(),
-                   lease=True)
+                   tokens=row.input_tokens + row.output_tokens, usd=row.cost_usd or Decimal(0), lease=True)
         for row in rows
     ]  # fmt: skip
 

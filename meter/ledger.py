@@ -22,13 +22,12 @@ import contextlib
 import logging
 import time
 from collections import deque
-from decimal import Decimal
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meter.db.queries import quarantine, settle, write_ledger_batch
-from meter.db.rows import LedgerRow, Settlement, counted_tokens
+from meter.db.rows import LedgerRow, Settlement
 from meter.metrics import Metrics
 from meter.spool import Claim, Spool, spooled_text
 
@@ -211,12 +210,12 @@ class LedgerWriter:
                 claim.written()
         self._metrics.ledger_pending.set(len(self._pending))
 
-    async def _settle_alone(self, row: LedgerRow, settlement: Settlement) -> None:
+    async def _settle_alone(self, settlement: Settlement) -> None:
         """The usage of a refused row still counts against its limits, and its hold is released
         (the process would otherwise renew it forever)."""
         try:
             async with self._engine.begin() as conn:
-                await settle(conn, settlement, counted_tokens(row), row.cost_usd or Decimal(0))
+                await settle(conn, [settlement])
         except Exception:
             log.exception("ledger: could not settle the hold of dropped row %s", settlement.request_id)
 
@@ -239,7 +238,7 @@ class LedgerWriter:
                     return  # Postgres went away meanwhile: keep the rest queued
                 await self._quarantine(row, settlement, exc)
                 if settlement is not None:
-                    await self._settle_alone(row, settlement)
+                    await self._settle_alone(settlement)
             self._discard(1)
 
     async def _quarantine(self, row: LedgerRow, settlement: Settlement | None, error: Exception) -> None:

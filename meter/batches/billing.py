@@ -170,7 +170,7 @@ class BatchBilling:
         async with self._engine.begin() as conn:
             if batch["hold_id"]:
                 # Rows settle the hold; a batch with no priced result releases it here (adding nothing).
-                await settle(conn, self._settlement(batch, batch["id"]), 0, Decimal(0))
+                await settle(conn, [self._settlement(batch, batch["id"], 0, Decimal(0))])
             await conn.execute(
                 update(batches).where(batches.c.id == batch["id"]).values(billed_at=func.now(), billed_rows=rows)
             )
@@ -216,11 +216,11 @@ class BatchBilling:
         )
         settlement = None
         if batch["hold_id"] and message is not None:
-            settlement = self._settlement(batch, row.request_id)
+            settlement = self._settlement(batch, row.request_id, usage.total_tokens, row.cost_usd or Decimal(0))
         self._ledger.record(row, settlement)
         return 1
 
-    def _settlement(self, batch: dict[str, Any], request_id: str) -> Settlement:
+    def _settlement(self, batch: dict[str, Any], request_id: str, tokens: int, usd: Decimal) -> Settlement:
         """A share of the batch's hold: the ledger writer applies it only with its row's first insert."""
         return Settlement(
             hold=batch["hold_id"],
@@ -228,4 +228,6 @@ class BatchBilling:
             subjects=list(batch["hold_subjects"] or []),
             day=batch["hold_day"].isoformat(),
             month=batch["hold_month"].isoformat(),
+            tokens=tokens,
+            usd=usd,
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date
-from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -16,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from meter import periods
 from meter.db.models import LIMIT_SETTINGS, api_keys, limits, tenants, usage_events
 from meter.db.rows import JSON_FIELDS, LEDGER_FIELDS, LedgerRow, Settlement
-from meter.usage import COUNTERS as LIMITED_COUNTERS
+from meter.usage import COUNTERS
 
 _tenant_limits = limits.alias("tenant_limits")
 _key_limits = limits.alias("key_limits")
@@ -78,7 +77,7 @@ async def rehash_key(conn: AsyncConnection, key_id: str, old: str, new: str) -> 
 # The ledger row's fields are the insert's columns; each is sent as an array of its column's type.
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 _ARRAY_TYPES = {name: usage_events.c[name].type.compile(dialect=_DIALECT) for name in LEDGER_FIELDS}
-_COUNTERS = (
+_ROLLUP_COUNTERS = (
     "input_tokens",
     "output_tokens",
     "cache_creation_input_tokens",
@@ -88,7 +87,7 @@ _COUNTERS = (
 )
 _names = ", ".join(LEDGER_FIELDS)
 # What a row counts against token limits (Usage.total_tokens).
-_ROW_TOKENS = " + ".join(f"i.{name}" for name in LIMITED_COUNTERS)
+_ROW_TOKENS = " + ".join(f"i.{name}" for name in COUNTERS)
 
 # One statement, one round trip, atomic: insert the rows (a request id already there is skipped, so
 # a retried batch is harmless), and for the rows actually inserted, and only those, add them to the
@@ -102,15 +101,15 @@ WITH inserted AS (
     ON CONFLICT (request_id, started_at) DO NOTHING
     RETURNING *
 ), daily AS (
-    INSERT INTO usage_daily AS d (tenant_id, day, key_id, model, requests, {", ".join(_COUNTERS)}, cost_usd,
+    INSERT INTO usage_daily AS d (tenant_id, day, key_id, model, requests, {", ".join(_ROLLUP_COUNTERS)}, cost_usd,
                                   unpriced_requests)
     SELECT tenant_id, (started_at AT TIME ZONE 'UTC')::date, key_id, COALESCE(model, ''), count(*),
-           {", ".join(f"sum({name})" for name in _COUNTERS)}, COALESCE(sum(cost_usd), 0),
+           {", ".join(f"sum({name})" for name in _ROLLUP_COUNTERS)}, COALESCE(sum(cost_usd), 0),
            count(*) FILTER (WHERE cost_usd IS NULL)
     FROM inserted GROUP BY 1, 2, 3, 4
     ON CONFLICT (tenant_id, day, key_id, model) DO UPDATE SET
         requests = d.requests + excluded.requests,
-        {", ".join(f"{name} = d.{name} + excluded.{name}" for name in _COUNTERS)},
+        {", ".join(f"{name} = d.{name} + excluded.{name}" for name in _ROLLUP_COUNTERS)},
         cost_usd = d.cost_usd + excluded.cost_usd,
         unpriced_requests = d.unpriced_requests + excluded.unpriced_requests
 ), last_use AS (
@@ -121,7 +120,7 @@ WITH inserted AS (
     SELECT g.hold, g.lease, string_to_array(g.subjects, ',') AS subjects, g.day, g.month,
            sum({_ROW_TOKENS}) AS tokens, COALESCE(sum(i.cost_usd), 0) AS usd
     FROM unnest(CAST(:s_request_id AS text[]), CAST(:s_hold AS integer[])) AS s(request_id, hold_n)
-    JOIN inserted i USING (request_id)
+    JOIN inserted i USING (request_id)  -- one row a request id: a request's rows share started_at
     JOIN unnest(CAST(:h_id AS text[]), CAST(:h_lease AS boolean[]), CAST(:h_subjects AS text[]),
                 CAST(:h_day AS date[]), CAST(:h_month AS date[]))
          WITH ORDINALITY AS g(hold, lease, subjects, day, month, n) ON g.n = s.hold_n
@@ -149,13 +148,15 @@ def _settlement_columns(settlements: Sequence[Settlement]) -> dict[str, list[Any
     its hold, and per hold (a lease's many settlements share one) what meter_settle needs of it,
     subject ids (which never hold a comma) joined by commas. The usage settled is the row's own."""
     holds: dict[tuple[str, bool, tuple[str, ...], str, str], int] = {}
-    request_ids, indices = [], []
+    # Request id -> its hold's index. A row queued twice in a batch (batch billing retried while the
+    # first copy waits) is inserted once, so it is settled once.
+    settled: dict[str, int] = {}
     for s in settlements:
-        request_ids.append(s.request_id)
-        indices.append(holds.setdefault((s.hold, s.lease, tuple(s.subjects), s.day, s.month), len(holds) + 1))
+        hold = holds.setdefault((s.hold, s.lease, tuple(s.subjects), s.day, s.month), len(holds) + 1)
+        settled.setdefault(s.request_id, hold)
     return {
-        "s_request_id": request_ids,
-        "s_hold": indices,
+        "s_request_id": list(settled),
+        "s_hold": list(settled.values()),
         "h_id": [hold for hold, _, _, _, _ in holds],
         "h_lease": [lease for _, lease, _, _, _ in holds],
         "h_subjects": [",".join(subjects) for _, _, subjects, _, _ in holds],
@@ -202,12 +203,11 @@ def _without_nul(value: Any) -> Any:
     return value
 
 
-async def settle(conn: AsyncConnection, settlement: Settlement, tokens: int, usd: Decimal) -> None:
-    """Settle a reservation with this much usage, without a ledger row (a row Postgres refused, a
-    batch that used nothing)."""
-    usage = {**msgspec.structs.asdict(settlement), "tokens": tokens, "usd": usd}
+async def settle(conn: AsyncConnection, settlements: Sequence[Settlement]) -> None:
+    """Settle reservations without their ledger rows (for rows Postgres refused)."""
     await conn.execute(
-        text("SELECT meter_settle(CAST(:settlements AS jsonb))"), {"settlements": msgspec.json.encode([usage]).decode()}
+        text("SELECT meter_settle(CAST(:settlements AS jsonb))"),
+        {"settlements": msgspec.json.encode(settlements).decode()},
     )
 
 

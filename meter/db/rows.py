@@ -2,7 +2,7 @@
 of the statement that writes them (db/queries.py builds it from these definitions).
 
     LedgerRow    one row of `usage_events`: what one tenant request did and cost
-    Settlement   the limit reservation a row's exact usage replaces (meter_settle's input)
+    Settlement   the exact usage that replaces a request's limit reservation (meter_settle's input)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import msgspec
 
 from meter.money import decimal_text
 from meter.pricing import Cost
-from meter.usage import COUNTERS, Usage
+from meter.usage import Usage
 
 
 class LedgerRow(msgspec.Struct, kw_only=True):
@@ -55,15 +55,18 @@ class LedgerRow(msgspec.Struct, kw_only=True):
 
 
 class Settlement(msgspec.Struct, kw_only=True):
-    """The limit reservation a request's ledger row settles (meter_settle, see the 0007 migration):
-    the row's usage (`counted_tokens`, its cost) replaces the hold. The ledger's batch statement
-    settles the rows it inserts with their own usage, `queries.settle` with the usage it is given."""
+    """What meter_settle (see the 0007 migration) reads. `tokens` and `usd` are what the request's
+    ledger row counts against limits and costs: the ledger's batch statement settles the rows it
+    inserts with their own usage (summed per hold), `queries.settle`, for a row never inserted,
+    with these. Kept in the spool with the row: every version of meter that may replay it reads them."""
 
     hold: str
     request_id: str
     subjects: list[str]
     day: str
     month: str
+    tokens: int
+    usd: Decimal  # exact; encoded as a decimal string
     # A share of a lease: only what was used leaves it (a request's own hold is released whole).
     lease: bool = False
 
@@ -73,11 +76,6 @@ MAX_TEXT = 256
 LEDGER_FIELDS: tuple[str, ...] = LedgerRow.__struct_fields__
 # Fields stored as JSONB: sent to Postgres as JSON text.
 JSON_FIELDS = frozenset({"server_tool_use", "iterations", "usage_extra", "fees"})
-
-
-def counted_tokens(row: LedgerRow) -> int:
-    """What a row counts against token limits: its input, output and cache tokens (Usage.total_tokens)."""
-    return sum(getattr(row, name) for name in COUNTERS)
 
 
 def billed_columns(usage: Usage, cost: Cost | None) -> dict[str, Any]:

@@ -30,14 +30,20 @@ class Hold:
     # Gives the unused part of the request's bound back to the lease (proxy/leases.py); near a
     # limit's end, also to Postgres (the task it returns).
     finish: Callable[[int, Decimal], asyncio.Task[None] | None] | None = None
-    # What the request's ledger rows (the last, or the one spooled at its start) carry to settle it.
-    settlement: Settlement = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.settlement = Settlement(
-            hold=self.id, request_id=self.request_id, subjects=list(self.subjects), day=self.day, month=self.month,
+    def settlement(self, tokens: int, usd: Decimal | None) -> Settlement:
+        """The settlement a ledger row of this much usage carries (the request's last, or the one
+        spooled at its start in case meter dies)."""
+        return Settlement(
+            hold=self.id,
+            request_id=self.request_id,
+            subjects=list(self.subjects),
+            day=self.day,
+            month=self.month,
+            tokens=tokens,
+            usd=usd or Decimal(0),
             lease=self.lease,
-        )  # fmt: skip
+        )
 
     def end(self, tokens: int, usd: Decimal | None) -> asyncio.Task[None] | None:
         """The request is over, having used this much: a lease has the rest of its bound back (and

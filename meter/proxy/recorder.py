@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 from decimal import Decimal
 
-from meter.db.rows import LedgerRow, billed_columns, stored_text
+from meter.db.rows import LedgerRow, Settlement, billed_columns, stored_text
 from meter.ledger import LedgerWriter
 from meter.metrics import Metrics
 from meter.pricing import FREE, Cost, PriceTable
@@ -32,7 +32,7 @@ class Recorder:
         _complete(exchange, estimate)
         cost = self._cost(exchange, estimate)
         row = _row(exchange, 0.0, estimate, cost, interrupted=True)
-        return self.ledger.record_start(row, exchange.hold.settlement if exchange.hold else None)
+        return self.ledger.record_start(row, self._settlement(exchange, estimate, cost))
 
     def record(self, exchange: Exchange) -> None:
         duration = time.perf_counter() - exchange.started
@@ -47,9 +47,13 @@ class Recorder:
         cost = self._cost(exchange, usage)
         if exchange.hold is not None:
             exchange.giving_back = exchange.hold.end(usage.total_tokens, None if cost is None else cost.total)
-        self.ledger.record(_row(exchange, duration, usage, cost), exchange.hold.settlement if exchange.hold else None)
+        self.ledger.record(_row(exchange, duration, usage, cost), self._settlement(exchange, usage, cost))
         # Metrics after the answer's last bytes are sent (the caller sends them next), not before.
         asyncio.get_running_loop().call_soon(self._observe, exchange, duration, None if cost is None else cost.total)
+
+    def _settlement(self, exchange: Exchange, usage: Usage, cost: Cost | None) -> Settlement | None:
+        hold = exchange.hold
+        return hold.settlement(usage.total_tokens, None if cost is None else cost.total) if hold else None
 
     def _cost(self, exchange: Exchange, usage: Usage) -> Cost | None:
         if not exchange.billed or (usage.total_tokens == 0 and not usage.server_tool_use):

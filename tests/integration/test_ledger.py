@@ -84,13 +84,11 @@ async def test_rows_are_idempotent_and_invalid_rows_are_isolated(database_url: s
     assert (registry.get_sample_value("meter_ledger_rows_written_total") or 0) >= 121
 
 
-async def test_a_refused_row_still_settles_its_hold_with_its_own_usage(database_url: str) -> None:
-    """Postgres rejects the row (quarantined), yet what it used counts against its tenant's limits and
-    its hold is released, as if the row had gone in."""
-    engine = create_engine(database_url)
+async def reserved_tenant(engine: Any, name: str) -> tuple[str, str]:
+    """A tenant with a daily token limit and a monthly budget, and a hold of 1,000 tokens and $0.50."""
     tenant, hold = new_id("ten"), new_id("hold")
     async with engine.begin() as conn:
-        await conn.execute(text("INSERT INTO tenants (id, name) VALUES (:t, 'refused row')"), {"t": tenant})
+        await conn.execute(text("INSERT INTO tenants (id, name) VALUES (:t, :n)"), {"t": tenant, "n": name})
         insert = "INSERT INTO limits (subject_id, tenant_id, tokens_per_day, budget_usd_per_month)"
         await conn.execute(text(insert + " VALUES (:t, :t, 10000, 5)"), {"t": tenant})
         reserved = await conn.execute(
@@ -98,27 +96,67 @@ async def test_a_refused_row_still_settles_its_hold_with_its_own_usage(database_
             {"hold": hold, "t": tenant},
         )
         assert "true" in str(reserved.scalar_one()).lower()
-    bad = synthetic_row(tenant_id=tenant, duration_ms=2**40, input_tokens=7, cache_read_input_tokens=5,
-                        output_tokens=9, cost_usd=Decimal("0.000123"))  # fmt: skip
-    day = bad.started_at.date()
-    settlement = Settlement(hold=hold, request_id=bad.request_id, subjects=[tenant], day=day.isoformat(),
-                            month=day.replace(day=1).isoformat())  # fmt: skip
-    writer = LedgerWriter(engine, Metrics(CollectorRegistry()), batch_rows=10, flush_interval_s=0.01)
+    return tenant, hold
+
+
+def settling(row: LedgerRow, hold: str) -> Settlement:
+    """The settlement the recorder gives a row of a request that held `hold`."""
+    day = row.started_at.date()
+    tokens = row.input_tokens + row.output_tokens + row.cache_creation_input_tokens + row.cache_read_input_tokens
+    return Settlement(hold=hold, request_id=row.request_id, subjects=[row.tenant_id], day=day.isoformat(),
+                      month=day.replace(day=1).isoformat(), tokens=tokens, usd=row.cost_usd or Decimal(0))  # fmt: skip
+
+
+async def write_and_read_limits(engine: Any, entries: list[tuple[LedgerRow, Settlement]]) -> dict[str, Any]:
+    """Queue the entries at once (one batch), write them, and read back each tenant's limits and holds."""
+    writer = LedgerWriter(engine, Metrics(CollectorRegistry()), batch_rows=100, flush_interval_s=0.01)
     writer.start()
     try:
-        writer.record(bad, settlement)
+        for row, settlement in entries:
+            writer.record(row, settlement)
         await writer.flush()
     finally:
         await writer.close()
+    found: dict[str, Any] = {}
     async with engine.connect() as conn:
-        limits = (
-            (await conn.execute(text("SELECT * FROM limits WHERE subject_id = :t"), {"t": tenant})).mappings().one()
-        )
-        holds = (await conn.execute(text("SELECT count(*) FROM holds WHERE id = :h"), {"h": hold})).scalar_one()
+        for row, settlement in entries:
+            read = text("SELECT * FROM limits WHERE subject_id = :t")
+            limits = dict((await conn.execute(read, {"t": row.tenant_id})).mappings().one())
+            held = text("SELECT count(*) FROM holds WHERE id = :h")
+            found[row.tenant_id] = (limits, (await conn.execute(held, {"h": settlement.hold})).scalar_one())
+    return found
+
+
+async def test_a_refused_row_still_settles_its_hold(database_url: str) -> None:
+    """Postgres rejects the row (quarantined), yet what it used counts against its tenant's limits and
+    its hold is released, as if the row had gone in."""
+    engine = create_engine(database_url)
+    tenant, hold = await reserved_tenant(engine, "refused row")
+    bad = synthetic_row(tenant_id=tenant, duration_ms=2**40, input_tokens=7, cache_read_input_tokens=5,
+                        output_tokens=9, cost_usd=Decimal("0.000123"))  # fmt: skip
+    ((limits, holds),) = (await write_and_read_limits(engine, [(bad, settling(bad, hold))])).values()
     await engine.dispose()
     assert await quarantined(engine_url=database_url, request_id=bad.request_id)
     assert (limits["day_tokens"], limits["month_usd"]) == (7 + 5 + 9, Decimal("0.000123"))
     assert (limits["day_tokens_held"], limits["month_usd_held"], limits["in_flight"], holds) == (0, 0, 0, 0)
+
+
+async def test_a_batch_settles_each_hold_with_its_rows_usage_once(database_url: str) -> None:
+    """Two tenants' holds in one batch, each settled with the tokens and cost of its own rows (cache
+    tokens count, a row without a price costs nothing); a row queued twice is inserted and settled once."""
+    engine = create_engine(database_url)
+    (a, hold_a), (b, hold_b) = [await reserved_tenant(engine, name) for name in ("batch a", "batch b")]
+    cached = {"cache_creation_input_tokens": 5, "cache_creation_5m_input_tokens": 5, "cache_read_input_tokens": 6}
+    first = synthetic_row(tenant_id=a, input_tokens=3, output_tokens=4, cost_usd=Decimal("0.001"), **cached)
+    second = synthetic_row(tenant_id=a, input_tokens=10, output_tokens=20, cost_usd=None)
+    other = synthetic_row(tenant_id=b, input_tokens=1, output_tokens=2, cost_usd=Decimal("0.000007"))
+    entries = [(row, settling(row, hold)) for row, hold in ((first, hold_a), (second, hold_a), (other, hold_b))]
+    found = await write_and_read_limits(engine, [entries[0], *entries])
+    await engine.dispose()
+    (limits_a, held_a), (limits_b, held_b) = found[a], found[b]
+    assert (limits_a["day_tokens"], limits_a["month_usd"]) == (3 + 4 + 5 + 6 + 10 + 20, Decimal("0.001"))
+    assert (limits_b["day_tokens"], limits_b["month_usd"]) == (1 + 2, Decimal("0.000007"))
+    assert (limits_a["in_flight"], limits_b["in_flight"], held_a, held_b) == (0, 0, 0, 0)
 
 
 async def quarantined(engine_url: str, request_id: str) -> list[dict[str, Any]]:

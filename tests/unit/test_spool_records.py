@@ -1,11 +1,12 @@
-"""A spool line stays readable across an upgrade: a process killed before it, replayed after."""
+"""A spool line stays readable across versions: a process killed before an upgrade is replayed by
+the next version, and in a rolling upgrade an older sibling may adopt a newer one's spool, so the
+record's shape changes only by fields both can do without."""
 
 from __future__ import annotations
 
 from meter.spool import _decode
 
-# A settled row as meter wrote it to its spool before settlements stopped carrying their usage
-# (the ledger settles a row with the row's own): the extra fields are ignored.
+# A settled row as meter wrote it to its spool on 2026-12-04.
 EARLIER = (
     b'["row",{"request_id":"req_1","tenant_id":"ten_a","key_id":"key_b","model":"claude-x","endpoint":"messages",'
     b'"stream":false,"status":200,"error_type":null,"input_tokens":10,"output_tokens":12,'
@@ -17,9 +18,10 @@ EARLIER = (
 )
 
 
-def test_a_line_spooled_before_the_upgrade_is_read_with_its_settlement() -> None:
+def test_a_line_spooled_by_an_earlier_version_is_read_with_its_settlement() -> None:
     record = _decode(EARLIER)
     assert record.row.request_id == "req_1" and record.row.output_tokens == 12
     settled = record.settlement
     assert settled is not None
     assert (settled.hold, settled.subjects, settled.lease) == ("lease_p_1", ["ten_a"], True)
+    assert (settled.tokens, str(settled.usd)) == (22, "0.00021")
