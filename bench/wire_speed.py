@@ -35,7 +35,8 @@ def _three_way(stack: Stack, bare: Process, wrk_s: float, concurrencies: tuple[i
         f"`wrk -t1 -cN -d{wrk_s:g}s`, JSON: the demo upstream directly, a bare forwarder (raw ASGI and one "
         "aiohttp session, nothing else: `bench/bare_forwarder.py`), meter for a tenant without limits "
         "(*free*) and for a tenant with every kind of limit set, none ever reached (*limited*: admitted "
-        f"from its process's lease). Each measured {ROUNDS} times, interleaved; the best of each counts.",
+        f"from its process's lease). Each measured {ROUNDS} times, interleaved, every other round in reverse "
+        "order; the best of each counts.",
         ["connections", "direct req/s", "bare req/s", "free req/s", "limited req/s", "free/bare",
          "limited/free", "direct p50", "bare p50", "free p50", "limited p50", "added p50 (free)",
          "added p50 (limited)"],
@@ -49,8 +50,11 @@ def _three_way(stack: Stack, bare: Process, wrk_s: float, concurrencies: tuple[i
     ]
     for connections in concurrencies:
         best: dict[str, LoadResult] = {}
-        for _ in range(ROUNDS):
-            for target in targets:
+        for round_ in range(ROUNDS):
+            # Every other round in reverse: a target measured right after one that wrote ledger rows
+            # shares the machine with that run's aftermath (the last batches, autovacuum); neither
+            # meter target should always be the one that follows the other.
+            for target in targets if round_ % 2 == 0 else targets[::-1]:
                 result = run_wrk(target, body, connections, wrk_s)
                 if result.errors:
                     section.errors.append(f"c={connections} {target.name}: {result.errors} errors")
