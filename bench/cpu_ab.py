@@ -21,6 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.cpu import CpuAccount
 from bench.load import messages_body
 from bench.processes import LIMITS, create_tenant_key, server_url_with_database
 from tests.support import (
@@ -30,6 +31,7 @@ from tests.support import (
     Process,
     create_database,
     free_port,
+    sql,
     start_demo_upstream,
 )
 
@@ -41,18 +43,13 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def postgres_cpu_s() -> float:
-    """The CPU of every process named postgres (the server's backends, the writer, the WAL)."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue  # gone meanwhile
-        if text.split(" (", 1)[1].startswith("postgres)"):
-            fields = text.rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / TICKS
-    return total
+def postgres_account(server_url: str) -> CpuAccount:
+    """The CPU of the Postgres server at `server_url`: its postmaster and every process under it
+    (backends, the writers, the WAL), also those that exited meanwhile."""
+    directory = sql(server_url, "SELECT setting FROM pg_settings WHERE name = 'data_directory'")[0]["setting"]
+    account = CpuAccount()
+    account.roots = {int((Path(directory) / "postmaster.pid").read_text().split()[0])}
+    return account
 
 
 def start_build(spec: str, index: int, upstream_url: str, server_url: str, work: Path) -> Process:
@@ -88,6 +85,7 @@ def main() -> None:
         work = Path(tmp)
         (work / "upstream").mkdir()
         upstream = start_demo_upstream(work / "upstream")
+        postgres = postgres_account(server_url)
         builds: list[tuple[str, Process, dict[str, str]]] = []
         try:
             for index, spec in enumerate(specs):
@@ -100,7 +98,7 @@ def main() -> None:
                 for kind in ("free", "limited"):
                     for spec, meter, keys in builds:
                         before = cpu_s(meter.process.pid)
-                        peers = cpu_s(upstream.process.pid), postgres_cpu_s()
+                        peers = cpu_s(upstream.process.pid), postgres.ticks() / TICKS
                         out = subprocess.run(
                             ["hey", "-z", f"{seconds}s", "-c", connections, "-m", "POST", "-T", "application/json",
                              "-H", f"x-api-key: {keys[kind]}", "-H", "anthropic-version: 2023-06-01", "-d", body,
@@ -109,7 +107,7 @@ def main() -> None:
                         ).stdout  # fmt: skip
                         used = cpu_s(meter.process.pid) - before
                         upstream_used = cpu_s(upstream.process.pid) - peers[0]
-                        postgres_used = postgres_cpu_s() - peers[1]
+                        postgres_used = postgres.ticks() / TICKS - peers[1]
                         answered = re.search(r"\[200\]\s+(\d+) responses", out)
                         per_s = re.search(r"Requests/sec:\s+([0-9.]+)", out)
                         assert answered and per_s, out
