@@ -96,10 +96,12 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         """What token limits count: input, output and cache tokens alike, over every sampling step."""
-        return sum(
-            step.input_tokens + step.output_tokens + step.cache_creation_input_tokens + step.cache_read_input_tokens
-            for step in self.billed_steps()
-        )
+        if not self.iterations:  # one step, itself (billed_steps): the common case, without a list
+            return self._step_tokens()
+        return sum(step._step_tokens() for step in self.billed_steps())
+
+    def _step_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
 
     def billed_steps(self) -> list[Usage]:
         """The usage of each sampling step the call is billed for: itself, or each of its iterations."""

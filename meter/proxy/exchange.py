@@ -15,6 +15,8 @@ from meter.proxy.auth import Caller
 from meter.proxy.estimate import RequestShape
 from meter.usage import Usage
 
+_ZERO = Decimal(0)
+
 
 @dataclass(slots=True)
 class Hold:
@@ -41,14 +43,14 @@ class Hold:
             day=self.day,
             month=self.month,
             tokens=tokens,
-            usd=usd or Decimal(0),
+            usd=usd or _ZERO,
             lease=self.lease,
         )
 
     def end(self, tokens: int, usd: Decimal | None) -> asyncio.Task[None] | None:
         """The request is over, having used this much: a lease has the rest of its bound back (and
         Postgres too, by the task returned, near a limit's end)."""
-        return self.finish(tokens, usd or Decimal(0)) if self.finish is not None else None
+        return self.finish(tokens, usd or _ZERO) if self.finish is not None else None
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,12 @@ class Exchange:
     ttfb_s: float | None = None
     # Set by a handler that works out its own worst case (else the limits stage does, from `shape`).
     reservation: Reservation | None = None
-    # Set by the limits stage: the reservation to settle, and the rate-limit headers to return.
+    # Set by the limits stage: the reservation to settle, and the rate-limit header lines to return
+    # (limits.head_lines), which go into the head as they are where the server takes them
+    # (`add_head_lines`, server.HEAD_LINES).
     hold: Hold | None = None
-    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    ratelimit_lines: bytes = b""
+    add_head_lines: Callable[[bytes], None] | None = None
     # The hold's rest on its way back to Postgres (Hold.end), awaited before the answer completes.
     giving_back: asyncio.Task[None] | None = None
     # What went wrong upstream, if anything did: counted in meter_upstream_errors_total.

@@ -32,7 +32,7 @@ from meter.proxy.limits import Limiter
 from meter.proxy.recorder import Recorder
 from meter.proxy.relay import relay_raw, relay_stream, relay_whole, send_answer
 from meter.proxy.request import read_body, spool_body
-from meter.server import BODY_RECEIVED
+from meter.server import BODY_RECEIVED, HEAD_LINES
 
 log = logging.getLogger("meter.proxy")
 # The longest an answer waits for its hold's rest to be back in Postgres (exact mode, leases.py).
@@ -89,6 +89,7 @@ class Gateway:
             await refuse(error)
             return
         exchange = Exchange(request_id, caller, endpoint.name, endpoint.billed)
+        exchange.add_head_lines = scope.get(HEAD_LINES)
         started = recorded = False
 
         def record() -> None:

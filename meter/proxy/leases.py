@@ -109,9 +109,9 @@ class Lease:
         self.valid_until = 0.0
         self.lock = asyncio.Lock()
         # The rate-limit headers' limits, remaining and resets when granted (meter_lease's answer),
-        # and the limits stage's header lines made of them, once per grant.
+        # and the limits stage's template of header lines made of them, once per grant.
         self.headers: dict[str, Any] = {}
-        self.header_lines: list[Any] | None = None
+        self.header_lines: tuple[bytes, list[tuple[bool, float]]] | None = None
 
     def covers(self, need: Need) -> bool:
         return (self.tokens >= need.tokens and self.usd >= need.usd and self.requests >= need.requests

@@ -106,7 +106,7 @@ class Limiter:
         lease, finish = taken
         day, month = self._period_of(exchange.started_at.date())
         exchange.hold = Hold(lease.id, exchange.request_id, subjects, day, month, True, finish)
-        exchange.response_headers = self._ratelimit_headers(lease)
+        exchange.ratelimit_lines = self._ratelimit_lines(lease)
 
     async def _reserve_alone(self, exchange: Exchange, tokens: int, usd: Decimal) -> None:
         """A reservation of its own, held in Postgres with one call of meter_reserve."""
@@ -139,7 +139,7 @@ class Limiter:
             self._metrics.limit_rejections.labels(refusal["reason"]).inc()
             raise refusal_error(refusal)
         exchange.hold = Hold(hold_id, exchange.request_id, caller.limit_subjects, answer["day"], answer["month"])
-        exchange.response_headers = ratelimit_headers(answer)
+        exchange.ratelimit_lines = ratelimit_lines(answer)
 
     def _period_of(self, day: date) -> tuple[str, str]:
         """The UTC day and month of a request as settlements carry them (the same all day long)."""
@@ -147,30 +147,27 @@ class Limiter:
             self._period = (day, (day.isoformat(), month_start(day).isoformat()))
         return self._period[1]
 
-    def _ratelimit_headers(self, lease: Lease) -> list[tuple[bytes, bytes]]:
-        """A limited answer's rate-limit headers: the limits and resets are the lease grant's (made
-        into header lines once per grant); what remains is the rest beyond the lease when it was
+    def _ratelimit_lines(self, lease: Lease) -> bytes:
+        """A limited answer's rate-limit header lines: the limits and resets are the lease grant's
+        (made into a template once per grant); what remains is the rest beyond the lease when it was
         granted plus what the lease has unused now (other processes' use since then is not seen)."""
         if lease.header_lines is None:
-            lines = []
+            fixed, remaining = {}, []
             for family, name in (("request_header", "requests"), ("token_header", "tokens")):
                 base = lease.headers.get(family)
                 if base:
-                    fixed = _family_headers(name, base["limit"], 0, base["reset"])
-                    lines.append((
-                        family == "request_header",
-                        [(k.encode(), v.encode()) for k, v in fixed.items() if "-remaining" not in k],
-                        f"anthropic-ratelimit-{name}-remaining".encode(),
-                        float(base["remaining"]),
-                    ))  # fmt: skip
-            lease.header_lines = lines
-        headers: list[tuple[bytes, bytes]] = []
-        for requests, fixed_lines, remaining_name, beyond in lease.header_lines:
-            headers.extend(fixed_lines)
+                    lines = _family_headers(name, base["limit"], 0, base["reset"])
+                    lines[f"anthropic-ratelimit-{name}-remaining"] = "%d"
+                    fixed.update(lines)
+                    remaining.append((family == "request_header", float(base["remaining"])))
+            lease.header_lines = (head_lines(fixed), remaining)
+        template, remaining = lease.header_lines
+        left = []
+        for requests, beyond in remaining:
             own = lease.requests if requests else lease.tokens
-            left = beyond + own if own > 0 else beyond  # a lease overdrawn by a request counts as empty
-            headers.append((remaining_name, str(int(left) if left > 0 else 0).encode()))
-        return headers
+            rest = beyond + own if own > 0 else beyond  # a lease overdrawn by a request counts as empty
+            left.append(int(rest) if rest > 0 else 0)
+        return template % tuple(left)
 
     def _worst_case(self, exchange: Exchange) -> tuple[int, Decimal]:
         if exchange.reservation is not None:
@@ -268,13 +265,20 @@ def refusal_error(refusal: dict[str, Any]) -> MeterError:
     return RateLimited(message, headers)
 
 
-def ratelimit_headers(answer: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+def ratelimit_lines(answer: dict[str, Any]) -> bytes:
+    """The rate-limit header lines of an answer of meter_reserve."""
     headers: dict[str, str] = {}
     for family in ("requests", "tokens"):
         tightest = answer.get(family)
         if tightest:
             headers.update(_family_headers(family, tightest["limit"], tightest["remaining"], tightest["reset"]))
-    return [(name.encode(), value.encode()) for name, value in headers.items()]
+    return head_lines(headers)
+
+
+def head_lines(headers: dict[str, str]) -> bytes:
+    """Header lines as a response head has them (server.HEAD_LINES). The limits stage's values are
+    numbers and RFC 3339 times it formats itself (or a %d it fills in)."""
+    return "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode()
 
 
 def _family_headers(family: str, limit: Any, remaining: Any, reset: str) -> dict[str, str]:

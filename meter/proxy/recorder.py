@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 from decimal import Decimal
 
-from meter.db.rows import LedgerRow, Settlement, billed_columns, stored_text
+from meter.db.rows import LedgerRow, billed_columns, stored_text
 from meter.ledger import LedgerWriter
 from meter.metrics import Metrics
 from meter.pricing import FREE, Cost, PriceTable
@@ -30,9 +30,12 @@ class Recorder:
             estimate.input_tokens = likely_input_tokens(exchange.shape)
         exchange.estimate = estimate
         _complete(exchange, estimate)
-        cost = self._cost(exchange, estimate)
+        tokens = estimate.total_tokens
+        cost = self._cost(exchange, estimate, tokens)
         row = _row(exchange, 0.0, estimate, cost, interrupted=True)
-        return self.ledger.record_start(row, self._settlement(exchange, estimate, cost))
+        hold = exchange.hold
+        settlement = hold.settlement(tokens, _usd(cost)) if hold is not None else None
+        return self.ledger.record_start(row, settlement)
 
     def record(self, exchange: Exchange) -> None:
         duration = time.perf_counter() - exchange.started
@@ -44,19 +47,19 @@ class Recorder:
                 exchange.usage = exchange.estimate
         usage = exchange.usage
         _complete(exchange, usage)
-        cost = self._cost(exchange, usage)
-        if exchange.hold is not None:
-            exchange.giving_back = exchange.hold.end(usage.total_tokens, None if cost is None else cost.total)
-        self.ledger.record(_row(exchange, duration, usage, cost), self._settlement(exchange, usage, cost))
+        tokens = usage.total_tokens
+        cost = self._cost(exchange, usage, tokens)
+        usd = _usd(cost)
+        hold, settlement = exchange.hold, None
+        if hold is not None:
+            exchange.giving_back = hold.end(tokens, usd)
+            settlement = hold.settlement(tokens, usd)
+        self.ledger.record(_row(exchange, duration, usage, cost), settlement)
         # Metrics after the answer's last bytes are sent (the caller sends them next), not before.
-        asyncio.get_running_loop().call_soon(self._observe, exchange, duration, None if cost is None else cost.total)
+        asyncio.get_running_loop().call_soon(self._observe, exchange, duration, usd)
 
-    def _settlement(self, exchange: Exchange, usage: Usage, cost: Cost | None) -> Settlement | None:
-        hold = exchange.hold
-        return hold.settlement(usage.total_tokens, None if cost is None else cost.total) if hold else None
-
-    def _cost(self, exchange: Exchange, usage: Usage) -> Cost | None:
-        if not exchange.billed or (usage.total_tokens == 0 and not usage.server_tool_use):
+    def _cost(self, exchange: Exchange, usage: Usage, tokens: int) -> Cost | None:
+        if not exchange.billed or (tokens == 0 and not usage.server_tool_use):
             return FREE
         price = self.prices.price_of_call(exchange.model, exchange.response_model, exchange.started_at)
         return None if price is None else price.cost(usage)
@@ -86,6 +89,11 @@ class Recorder:
             m.child(m.unpriced, model).inc()
         elif cost:
             m.child(m.cost, tenant, model).inc(float(cost))
+
+
+def _usd(cost: Cost | None) -> Decimal | None:
+    """What a call cost in USD; None if its model has no price."""
+    return None if cost is None else cost.total
 
 
 def _complete(exchange: Exchange, usage: Usage) -> None:

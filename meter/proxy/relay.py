@@ -43,11 +43,23 @@ def _start(
     exchange: Exchange, upstream: UpstreamResponse, status: int | None = None, length: int | None = None
 ) -> dict[str, Any]:
     headers = response_headers(upstream.raw_headers)
-    headers.extend(exchange.response_headers)
     headers.append((b"x-meter-request-id", exchange.request_id.encode()))
     if length is not None:
         headers.append((b"content-length", str(length).encode()))
+    _add_ratelimit_lines(exchange, headers)
     return {"type": "http.response.start", "status": status or upstream.status_code, "headers": headers}
+
+
+def _add_ratelimit_lines(exchange: Exchange, headers: list[tuple[bytes, bytes]]) -> None:
+    """The limits stage's rate-limit lines, straight into the head where meter's server takes them
+    (the response start must be sent next), else as `headers`."""
+    lines = exchange.ratelimit_lines
+    if not lines:
+        return
+    if exchange.add_head_lines is not None:
+        exchange.add_head_lines(lines)
+    else:
+        headers.extend((name, value) for name, _, value in (line.partition(b": ") for line in lines.splitlines()))
 
 
 async def relay_whole(
@@ -100,8 +112,8 @@ async def send_answer(exchange: Exchange, answer: Answer, send: Any) -> None:
         (b"content-length", str(len(answer.body)).encode()),
         (b"request-id", exchange.request_id.encode()),
         (b"x-meter-request-id", exchange.request_id.encode()),
-        *exchange.response_headers,
     ]
+    _add_ratelimit_lines(exchange, headers)
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": answer.body})
 

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.security.hostile_upstream import KEPT, LEAKED_NAMES, SAW_COOKIE
+from tests.security.wire import Connection
 from tests.support import OPERATOR_KEY, Admin, Process, start_meter
 
 BODY: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
@@ -112,6 +113,43 @@ def test_a_limited_tenant_gets_its_own_rate_limit_headers(
     assert [name for name in answer.headers if name.startswith("anthropic-ratelimit-input-tokens")] == []
     assert [name for name in answer.headers if name.startswith("anthropic-ratelimit-output-tokens")] == []
     assert "anthropic-organization-id" not in answer.headers
+
+
+def test_rate_limit_lines_go_into_the_final_head_of_their_own_answer_only(
+    meter: Process, admin: Admin, tenant_key: dict[str, Any]
+) -> None:
+    """meter's server writes the rate-limit lines into the head as they are (server.HEAD_LINES):
+    not into an interim 100 Continue, not into the next answer on the connection (another key's),
+    and, in a stream, into the head only."""
+    limits = {"requests_per_minute": 50}
+    response = admin.request("PUT", f"/admin/tenants/{tenant_key['tenant_id']}/limits", json=limits)
+    assert response.status_code == 200, response.text
+    free = admin.issue_key(admin.create_tenant("free-neighbour")["id"], name="free")
+
+    def kept_alive(key: dict[str, Any], body: bytes, *extra: bytes) -> bytes:
+        lines = [b"POST /v1/messages HTTP/1.1", b"host: meter.test", b"x-api-key: " + key["key"].encode(),
+                 b"anthropic-version: 2023-06-01", b"content-type: application/json",
+                 b"content-length: %d" % len(body), *extra]  # fmt: skip
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+    body, streamed = json.dumps(BODY).encode(), json.dumps({**BODY, "stream": True}).encode()
+    with Connection(meter.base_url) as connection:
+        assert connection.send(kept_alive(tenant_key, body, b"expect: 100-continue"))
+        assert connection.read_head() == (100, {}, [])  # the interim answer: a status line alone
+        assert connection.send(body)
+        answer = connection.read_answer()
+        assert answer.status == 200 and answer.json()["type"] == "message", answer.body
+        ours = [name for name, _ in answer.header_lines if name.startswith("anthropic-ratelimit-")]
+        assert sorted(ours) == [f"anthropic-ratelimit-requests-{part}" for part in ("limit", "remaining", "reset")]
+        assert answer.headers["anthropic-ratelimit-requests-limit"] == "50"
+        assert 0 <= int(answer.headers["anthropic-ratelimit-requests-remaining"]) <= 49
+        assert connection.send(kept_alive(free, body) + body)
+        neighbour = connection.read_answer()
+        assert neighbour.status == 200 and leaked(neighbour.headers, ()) == []
+        assert connection.send(kept_alive(tenant_key, streamed) + streamed)
+        stream = connection.read_answer()
+        assert stream.status == 200 and stream.headers["anthropic-ratelimit-requests-limit"] == "50"
+        assert b"anthropic-ratelimit" not in stream.body and b"event: message_stop" in stream.body
 
 
 def test_what_stays_with_the_tenants_hop_is_not_forwarded(

@@ -6,16 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 from meter.errors import InvalidRequest, RateLimited
-from meter.proxy.limits import ratelimit_headers, refusal_error
+from meter.proxy.limits import ratelimit_lines, refusal_error
 
 RESET = "2026-12-02T16:40:00.25+01:00"  # as Postgres renders a timestamptz in JSON
 RESET_HEADER = "2026-12-02T15:40:01Z"  # in UTC, rounded up to the second
 
 
 def headers_of(answer: dict[str, Any]) -> dict[str, str]:
-    rendered = ratelimit_headers(answer)
-    assert all(isinstance(name, bytes) and isinstance(value, bytes) for name, value in rendered)
-    return {name.decode(): value.decode() for name, value in rendered}
+    rendered = ratelimit_lines(answer).decode()
+    assert rendered.endswith("\r\n")
+    return dict(line.split(": ") for line in rendered.split("\r\n")[:-1])
 
 
 def refusal(reason: str, **fields: Any) -> dict[str, Any]:
@@ -23,8 +23,8 @@ def refusal(reason: str, **fields: Any) -> dict[str, Any]:
 
 
 def test_no_limits_no_headers() -> None:
-    assert ratelimit_headers({"ok": True, "day": "2026-12-02", "month": "2026-12-01"}) == []
-    assert ratelimit_headers({"ok": True, "requests": None, "tokens": None}) == []
+    assert ratelimit_lines({"ok": True, "day": "2026-12-02", "month": "2026-12-01"}) == b""
+    assert ratelimit_lines({"ok": True, "requests": None, "tokens": None}) == b""
 
 
 def test_the_tightest_request_and_token_limits_become_anthropic_headers() -> None:
