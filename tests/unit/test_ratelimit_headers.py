@@ -6,7 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from meter.errors import InvalidRequest, RateLimited
+from meter.proxy.auth import Caller
+from meter.proxy.exchange import Exchange
+from meter.proxy.handler import Answer
 from meter.proxy.limits import ratelimit_lines, refusal_error
+from meter.proxy.relay import send_answer
 
 RESET = "2026-12-02T16:40:00.25+01:00"  # as Postgres renders a timestamptz in JSON
 RESET_HEADER = "2026-12-02T15:40:01Z"  # in UTC, rounded up to the second
@@ -127,3 +131,22 @@ def test_low_credit_is_an_invalid_request_not_a_rate_limit() -> None:
     assert isinstance(error, InvalidRequest)
     assert error.headers == {}
     assert "$0.002 remains and this request may cost up to $0.015" in error.message
+
+
+async def test_where_the_server_does_not_take_head_lines_they_are_sent_as_headers() -> None:
+    lines = ratelimit_lines({"ok": True, "requests": {"limit": 60, "remaining": 58.7, "reset": RESET}})
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    spliced: list[bytes] = []
+    for add_head_lines in (None, spliced.append):
+        exchange = Exchange("req_1", Caller("key_1", "ten_1", None), "messages", True)
+        exchange.ratelimit_lines, exchange.add_head_lines = lines, add_head_lines
+        await send_answer(exchange, Answer(200, b"{}"), send)
+    plain, taken = (dict(message["headers"]) for message in sent[::2])
+    assert plain[b"anthropic-ratelimit-requests-limit"] == b"60"
+    assert plain[b"anthropic-ratelimit-requests-remaining"] == b"58"
+    assert plain[b"anthropic-ratelimit-requests-reset"] == RESET_HEADER.encode()
+    assert not any(name.startswith(b"anthropic-ratelimit-") for name in taken) and spliced == [lines]
