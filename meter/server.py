@@ -46,7 +46,8 @@ class CoalescedWrites:
         self._head_lines = b""
 
     def add_head_lines(self, lines: bytes) -> None:
-        """`lines` go into the next response head written (HEAD_LINES)."""
+        """`lines` go into the next response head written (HEAD_LINES): the caller sends its
+        response's start next. What a response added but never wrote is dropped when it completes."""
         self._head_lines = lines
 
     def write(self, data: bytes) -> None:
@@ -145,6 +146,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self.scope[HEAD_LINES] = self._writes.add_head_lines  # type: ignore[literal-required]
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        # Lines a response added without writing a head of its own are not the next request's.
+        self._writes.add_head_lines(b"")
+        super().on_response_complete()
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:

@@ -121,7 +121,7 @@ def test_rate_limit_lines_go_into_the_final_head_of_their_own_answer_only(
     """meter's server writes the rate-limit lines into the head as they are (server.HEAD_LINES):
     not into an interim 100 Continue, not into the next answer on the connection (another key's),
     and, in a stream, into the head only."""
-    limits = {"requests_per_minute": 50}
+    limits = {"requests_per_minute": 50, "tokens_per_minute": 100_000}
     response = admin.request("PUT", f"/admin/tenants/{tenant_key['tenant_id']}/limits", json=limits)
     assert response.status_code == 200, response.text
     free = admin.issue_key(admin.create_tenant("free-neighbour")["id"], name="free")
@@ -139,12 +139,17 @@ def test_rate_limit_lines_go_into_the_final_head_of_their_own_answer_only(
         assert connection.send(body)
         answer = connection.read_answer()
         assert answer.status == 200 and answer.json()["type"] == "message", answer.body
-        ours = [name for name, _ in answer.header_lines if name.startswith("anthropic-ratelimit-")]
-        assert sorted(ours) == [f"anthropic-ratelimit-requests-{part}" for part in ("limit", "remaining", "reset")]
+        ours = sorted(name for name, _ in answer.header_lines if name.startswith("anthropic-ratelimit-"))
+        parts = ("limit", "remaining", "reset")
+        assert ours == [f"anthropic-ratelimit-{family}-{part}" for family in ("requests", "tokens") for part in parts]
         assert answer.headers["anthropic-ratelimit-requests-limit"] == "50"
         assert 0 <= int(answer.headers["anthropic-ratelimit-requests-remaining"]) <= 49
-        assert connection.send(kept_alive(free, body) + body)
-        neighbour = connection.read_answer()
+        assert answer.headers["anthropic-ratelimit-tokens-limit"] == "100000"
+        assert 99_000 <= int(answer.headers["anthropic-ratelimit-tokens-remaining"]) < 100_000
+        # Pipelined: both requests in one write; the second (another key's) answer carries none of them.
+        assert connection.send(kept_alive(tenant_key, body) + body + kept_alive(free, body) + body)
+        first, neighbour = connection.read_answer(), connection.read_answer()
+        assert first.status == 200 and first.headers["anthropic-ratelimit-requests-limit"] == "50"
         assert neighbour.status == 200 and not [name for name in neighbour.headers if "ratelimit" in name]
         assert connection.send(kept_alive(tenant_key, streamed) + streamed)
         stream = connection.read_answer()
