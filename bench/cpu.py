@@ -48,8 +48,9 @@ class Window:
 
 
 class CpuAccount:
-    def __init__(self) -> None:
-        self.roots = {os.getpid()}
+    def __init__(self, *roots: int) -> None:
+        """The CPU of `roots` and their descendants; by default, of this process and its own."""
+        self.roots = set(roots) or {os.getpid()}
 
     def add_root(self, pid: int) -> None:
         """Count `pid` and its descendants as the benchmark's own (the detached Postgres server)."""

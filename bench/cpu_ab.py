@@ -47,9 +47,7 @@ def postgres_account(server_url: str) -> CpuAccount:
     """The CPU of the Postgres server at `server_url`: its postmaster and every process under it
     (backends, the writers, the WAL), also those that exited meanwhile."""
     directory = sql(server_url, "SELECT setting FROM pg_settings WHERE name = 'data_directory'")[0]["setting"]
-    account = CpuAccount()
-    account.roots = {int((Path(directory) / "postmaster.pid").read_text().split()[0])}
-    return account
+    return CpuAccount(int((Path(directory) / "postmaster.pid").read_text().split()[0]))
 
 
 def start_build(spec: str, index: int, upstream_url: str, server_url: str, work: Path) -> Process:

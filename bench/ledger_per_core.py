@@ -112,13 +112,11 @@ def main() -> None:
         embedded = EmbeddedPostgres(Path(directory) / "postgres")
         try:
             postmaster = embedded.server.get_pid()
-            postgres = CpuAccount()
-            postgres.roots = {postmaster}
+            postgres = CpuAccount(postmaster)
             url = create_database(embedded.url(), "ledger_core")
             migrate.upgrade(url)
             bouncer = PgBouncer(embedded.url(), {"ledger": Pool("ledger_core", "transaction", 4)})
-            pooler = CpuAccount()
-            pooler.roots = {bouncer.process.pid}
+            pooler = CpuAccount(bouncer.process.pid)
             try:
                 results = {
                     "direct": asyncio.run(write(url, False, args.rows, postgres, pooler, "direct")),
