@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.security.hostile_upstream import KEPT, LEAKED_NAMES, SAW_COOKIE
-from tests.security.wire import Connection
+from tests.security.wire import Connection, request_bytes
 from tests.support import OPERATOR_KEY, Admin, Process, start_meter
 
 BODY: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
@@ -126,15 +126,13 @@ def test_rate_limit_lines_go_into_the_final_head_of_their_own_answer_only(
     assert response.status_code == 200, response.text
     free = admin.issue_key(admin.create_tenant("free-neighbour")["id"], name="free")
 
-    def kept_alive(key: dict[str, Any], body: bytes, *extra: bytes) -> bytes:
-        lines = [b"POST /v1/messages HTTP/1.1", b"host: meter.test", b"x-api-key: " + key["key"].encode(),
-                 b"anthropic-version: 2023-06-01", b"content-type: application/json",
-                 b"content-length: %d" % len(body), *extra]  # fmt: skip
-        return b"\r\n".join(lines) + b"\r\n\r\n"
+    def kept_alive(key: dict[str, Any], body: bytes = b"", length: int | None = None, **extra: str) -> bytes:
+        headers = tenant_headers(key, **{"content-type": "application/json"}, **extra)
+        return request_bytes("POST", b"/v1/messages", headers, body, length, keep_alive=True)
 
     body, streamed = json.dumps(BODY).encode(), json.dumps({**BODY, "stream": True}).encode()
     with Connection(meter.base_url) as connection:
-        assert connection.send(kept_alive(tenant_key, body, b"expect: 100-continue"))
+        assert connection.send(kept_alive(tenant_key, length=len(body), expect="100-continue"))
         assert connection.read_head() == (100, {}, [])  # the interim answer: a status line alone
         assert connection.send(body)
         answer = connection.read_answer()
@@ -147,11 +145,11 @@ def test_rate_limit_lines_go_into_the_final_head_of_their_own_answer_only(
         assert answer.headers["anthropic-ratelimit-tokens-limit"] == "100000"
         assert 99_000 <= int(answer.headers["anthropic-ratelimit-tokens-remaining"]) < 100_000
         # Pipelined: both requests in one write; the second (another key's) answer carries none of them.
-        assert connection.send(kept_alive(tenant_key, body) + body + kept_alive(free, body) + body)
+        assert connection.send(kept_alive(tenant_key, body) + kept_alive(free, body))
         first, neighbour = connection.read_answer(), connection.read_answer()
         assert first.status == 200 and first.headers["anthropic-ratelimit-requests-limit"] == "50"
         assert neighbour.status == 200 and not [name for name in neighbour.headers if "ratelimit" in name]
-        assert connection.send(kept_alive(tenant_key, streamed) + streamed)
+        assert connection.send(kept_alive(tenant_key, streamed))
         stream = connection.read_answer()
         assert stream.status == 200 and stream.headers["anthropic-ratelimit-requests-limit"] == "50"
         assert b"anthropic-ratelimit" not in stream.body and b"event: message_stop" in stream.body

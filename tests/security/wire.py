@@ -156,13 +156,20 @@ Headers = dict[str, str] | list[tuple[str, str]]
 
 
 def request_bytes(
-    method: str, target: bytes, headers: Headers | None = None, body: bytes = b"", length: int | None = None
+    method: str,
+    target: bytes,
+    headers: Headers | None = None,
+    body: bytes = b"",
+    length: int | None = None,
+    keep_alive: bool = False,
 ) -> bytes:
-    """An HTTP/1.1 request with `target` exactly as given, closing the connection after it; its
-    `content-length` is `length` when given (the body may then be sent apart), else the body's, and
-    none when the headers say `transfer-encoding`."""
+    """An HTTP/1.1 request with `target` exactly as given, closing the connection after it unless
+    `keep_alive`; its `content-length` is `length` when given (the body may then be sent apart), else
+    the body's, and none when the headers say `transfer-encoding`."""
     items = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
-    lines = [f"{method} ".encode() + target + b" HTTP/1.1", b"host: meter.test", b"connection: close"]
+    lines = [f"{method} ".encode() + target + b" HTTP/1.1", b"host: meter.test"]
+    if not keep_alive:
+        lines.append(b"connection: close")
     lines += [name.encode("latin-1") + b": " + value.encode("latin-1") for name, value in items]
     chunked = any(name.lower() == "transfer-encoding" for name, _ in items)
     if not chunked and (length is not None or body or method in ("POST", "PUT", "PATCH")):
